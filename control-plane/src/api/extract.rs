@@ -1,0 +1,104 @@
+//! Request extractors: the authenticated caller, the admin caller and the client's address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::accounts::{Caller, ClientInfo, Role};
+use crate::error::Error;
+
+use super::AppState;
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(Error::Unauthenticated("an access token is required (Authorization: Bearer ...)"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Error::Unauthenticated("the Authorization header must be 'Bearer <token>'"))?;
+        state.accounts().authenticate(token).await
+    }
+}
+
+/// An authenticated caller with the admin role.
+#[derive(Debug, Clone)]
+pub struct AdminCaller(pub Caller);
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.role == Role::Admin {
+            Ok(Self(caller))
+        } else {
+            Err(Error::Forbidden("this action needs the admin role"))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ClientInfo {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect());
+        Ok(Self {
+            ip: client_ip(parts, state),
+            user_agent,
+        })
+    }
+}
+
+/// The peer address, or, when the peer is a trusted proxy, the nearest untrusted address in
+/// `X-Forwarded-For` (read right to left, since clients can prepend anything).
+fn client_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())?;
+    let trusted = &state.0.trusted_proxies;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .or(Some(peer))
+}
+
+/// Middleware for the /auth routes: one token per request from the client's bucket.
+pub async fn limit_auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let ip = client_ip(&parts, &state);
+    if let Some(ip) = ip {
+        if let Err(retry_after_secs) = state.0.auth_limiter.check(ip) {
+            return Error::RateLimited { retry_after_secs }.into_response();
+        }
+    }
+    next.run(Request::from_parts(parts, body)).await
+}

@@ -1,0 +1,134 @@
+//! The customer and admin REST API (axum). Handlers parse, call one domain function and map the
+//! result; everything else (errors, auth, limits, metrics) is shared here.
+
+mod admin;
+mod auth;
+pub mod error;
+mod extract;
+mod me;
+mod openapi;
+mod ops;
+mod ratelimit;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::accounts::Accounts;
+use crate::error::Error;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::storage::Db;
+
+pub use openapi::ApiDoc;
+pub use ratelimit::RateLimiter;
+
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    accounts: Accounts,
+    db: Db,
+    metrics: Metrics,
+    auth_limiter: RateLimiter,
+    trusted_proxies: Vec<IpAddr>,
+    max_body_bytes: usize,
+}
+
+/// What the HTTP edge needs beyond the domain services.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub auth_rate_limit_burst: u32,
+    pub auth_rate_limit_per_minute: u32,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    pub fn new(accounts: Accounts, settings: &HttpSettings) -> Self {
+        let db = accounts.db().clone();
+        Self(Arc::new(Inner {
+            accounts,
+            db,
+            metrics: Metrics::default(),
+            auth_limiter: RateLimiter::new(
+                settings.auth_rate_limit_burst,
+                settings.auth_rate_limit_per_minute,
+            ),
+            trusted_proxies: settings.trusted_proxies.clone(),
+            max_body_bytes: settings.max_body_bytes,
+        }))
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.0.accounts
+    }
+
+    pub(crate) fn max_body_bytes(&self) -> usize {
+        self.0.max_body_bytes
+    }
+}
+
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let api = Router::new()
+        .nest("/auth", auth::routes(state.clone()))
+        .merge(me::routes())
+        .nest("/admin", admin::routes());
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(ops::routes())
+        .fallback(|| async { Error::NotFound("route") })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes()))
+        .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            Error::internal("a request handler panicked").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let metrics = &state.0.metrics;
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}

@@ -1,0 +1,30 @@
+//! The OpenAPI document, generated from the handlers' annotations (served at `/openapi.json`).
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, auth, error, me};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "TrueVault VPN control plane", description = "Customer and operator REST API"),
+    paths(
+        auth::register, auth::login, auth::refresh, auth::logout, auth::verify_email,
+        auth::resend_verification, auth::request_password_reset, auth::confirm_password_reset,
+        me::me, admin::list_vips, admin::upsert_vip, admin::remove_vip, admin::list_audit,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorObject)),
+    modifiers(&BearerAuth),
+    tags((name = "auth"), (name = "account"), (name = "admin")),
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}

@@ -1,0 +1,57 @@
+//! Operational endpoints: liveness, readiness, metrics and the OpenAPI document.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use utoipa::OpenApi as _;
+
+use crate::error::Error;
+
+use super::{ApiDoc, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the database answers within two seconds.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
+    match tokio::time::timeout(Duration::from_secs(2), state.0.db.ping()).await {
+        Ok(Ok(())) => Ok(Json(json!({
+            "status": "ready",
+            "database": state.0.db.engine().name(),
+        }))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(Error::Database(sqlx::Error::PoolTimedOut))
+        }
+        Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.0.metrics.render(),
+    )
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,207 @@
+//! The `truevault-control` command line.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::accounts::{Role, VipInput};
+use crate::audit::Actor;
+use crate::clock::SystemClock;
+use crate::config::{Overrides, Settings};
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use crate::server::{self, Server};
+
+#[derive(Debug, Parser)]
+#[command(name = "truevault-control", version, about = "TrueVault VPN control plane")]
+pub struct Cli {
+    /// TOML settings file (optional: every setting has a default and a TRUEVAULT_<NAME> variable).
+    #[arg(long, global = true, env = "TRUEVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the SQLite database, keys and mail files [default: ./data].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// postgres://... to use PostgreSQL instead of SQLite in the data directory.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (REST API; migrates the database first).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Operator tasks.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// gRPC listen address for node agents [default: 127.0.0.1:8443].
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the settings and print the effective values (secrets redacted).
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an admin account. The password is read from --password-file, else from
+    /// TRUEVAULT_ADMIN_PASSWORD, else from standard input.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Change the role of an existing account.
+    SetRole {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = ["admin", "customer"])]
+        role: String,
+    },
+    /// Manage the VIP list.
+    #[command(subcommand)]
+    Vip(VipCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum VipCommand {
+    /// List the VIP addresses.
+    List,
+    /// Add an address (or change its tier and note).
+    Add {
+        email: String,
+        #[arg(long, value_parser = ["vip_basic", "vip_dedicated"])]
+        tier: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Remove an address (an account holding VIP status through it loses it).
+    Remove { email: String },
+}
+
+impl Cli {
+    fn settings(&self, serve: Option<&ServeArgs>) -> Result<Settings> {
+        let overrides = Overrides {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            http_listen: serve.and_then(|s| s.http_listen),
+            grpc_listen: serve.and_then(|s| s.grpc_listen),
+        };
+        Settings::load(self.config.as_deref(), &overrides)
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Serve(args) => {
+            let settings = cli.settings(Some(args))?;
+            let server = Server::bind(&settings, Arc::new(SystemClock)).await?;
+            tracing::info!(
+                http = %server.local_addr()?,
+                data_dir = %settings.data_dir.display(),
+                database = server.state().accounts().db().engine().name(),
+                "control plane listening"
+            );
+            tracing::info!(grpc = %settings.grpc_listen, "the node gRPC endpoint is not served by this version yet");
+            server.run(server::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let settings = cli.settings(None)?;
+            let db = server::open_database(&settings).await?;
+            out(&format!("database ({}) is at the latest schema version", db.engine().name()));
+            db.close().await;
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let settings = cli.settings(None)?;
+            out(&settings.to_redacted_toml()?);
+            out("# configuration OK");
+            Ok(())
+        }
+        Command::Admin(cmd) => {
+            let settings = cli.settings(None)?;
+            let db = server::open_database(&settings).await?;
+            let accounts = server::accounts(db.clone(), &settings, Arc::new(SystemClock))?;
+            let result = admin(&accounts, cmd).await;
+            db.close().await;
+            result
+        }
+    }
+}
+
+async fn admin(accounts: &crate::accounts::Accounts, cmd: &AdminCommand) -> Result<()> {
+    match cmd {
+        AdminCommand::CreateAdmin { email, password_file } => {
+            let password = read_password(password_file.as_deref())?;
+            let user = accounts.create_admin(email, &password).await?;
+            out(&json(&user)?);
+        }
+        AdminCommand::SetRole { email, role } => {
+            let role = if role == "admin" { Role::Admin } else { Role::Customer };
+            let user = accounts.set_role(email, role, Actor::Cli).await?;
+            out(&json(&user)?);
+        }
+        AdminCommand::Vip(VipCommand::List) => out(&json(&accounts.list_vips().await?)?),
+        AdminCommand::Vip(VipCommand::Add { email, tier, note }) => {
+            let input = VipInput {
+                email: Some(email.clone()),
+                tier: Some(tier.clone()),
+                note: note.clone(),
+            };
+            let (entry, _) = accounts.upsert_vip(input, Actor::Cli, None).await?;
+            out(&json(&entry)?);
+        }
+        AdminCommand::Vip(VipCommand::Remove { email }) => {
+            accounts.remove_vip(email, Actor::Cli, None).await?;
+            out(&format!("removed {email} from the VIP list"));
+        }
+    }
+    Ok(())
+}
+
+fn read_password(file: Option<&std::path::Path>) -> Result<Secret> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?,
+        None => match std::env::var("TRUEVAULT_ADMIN_PASSWORD") {
+            Ok(p) => p,
+            Err(_) => {
+                let mut buf = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut buf)
+                    .map_err(|e| Error::Config(format!("reading the password from stdin: {e}")))?;
+                buf
+            }
+        },
+    };
+    Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(Error::internal)
+}
+
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}");
+}

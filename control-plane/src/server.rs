@@ -1,0 +1,110 @@
+//! Assembling the control plane from settings, and running it until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::accounts::{Accounts, load_or_create_signing_key};
+use crate::api::{self, AppState, HttpSettings};
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::fsutil::create_private_dir;
+use crate::storage::Db;
+
+/// Opens (creating on first start) the data directory and the database, and migrates it.
+pub async fn open_database(settings: &Settings) -> Result<Db> {
+    create_private_dir(&settings.data_dir)?;
+    let db = Db::connect(&settings.database_url(), settings.database_max_connections).await?;
+    let applied = db.migrate().await?;
+    if !applied.is_empty() {
+        tracing::info!(engine = db.engine().name(), ?applied, "applied database migrations");
+    }
+    Ok(db)
+}
+
+/// The domain services over an open database.
+pub fn accounts(db: Db, settings: &Settings, clock: SharedClock) -> Result<Accounts> {
+    let key = load_or_create_signing_key(&settings.jwt_key_path())?;
+    Accounts::new(db, clock, settings, &key)
+}
+
+/// A bound, not yet running HTTP server.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Server {
+    pub async fn bind(settings: &Settings, clock: SharedClock) -> Result<Self> {
+        let db = open_database(settings).await?;
+        let state = AppState::new(accounts(db, settings, clock)?, &http_settings(settings));
+        let timeout = Duration::from_secs(settings.request_timeout_secs);
+        let listener = TcpListener::bind(settings.http_listen).await.map_err(|e| {
+            Error::Config(format!("cannot listen on {}: {e}", settings.http_listen))
+        })?;
+        Ok(Self {
+            listener,
+            router: api::router(state.clone(), timeout),
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(Error::internal)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let db = self.state.accounts().db().clone();
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::internal)?;
+        db.close().await;
+        Ok(())
+    }
+}
+
+fn http_settings(settings: &Settings) -> HttpSettings {
+    HttpSettings {
+        auth_rate_limit_burst: settings.auth_rate_limit_burst,
+        auth_rate_limit_per_minute: settings.auth_rate_limit_per_minute,
+        trusted_proxies: settings.trusted_proxies.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        request_timeout: Duration::from_secs(settings.request_timeout_secs),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
