@@ -78,7 +78,16 @@ pub struct AuditRecord {
 
 /// Newest first; `before_id` pages backwards.
 pub async fn list(db: &Db, limit: i64, before_id: Option<i64>) -> Result<Vec<AuditRecord>> {
-    type Row = (i64, String, String, Option<String>, Option<String>, String, Option<String>, i64);
+    type Row = (
+        i64,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        i64,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, actor, action, target_type, target_id, details, ip, created_at
          FROM audit_log WHERE id < $1 ORDER BY id DESC LIMIT $2",
@@ -89,15 +98,17 @@ pub async fn list(db: &Db, limit: i64, before_id: Option<i64>) -> Result<Vec<Aud
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, actor, action, target_type, target_id, details, ip, at)| AuditRecord {
-            id,
-            actor,
-            action,
-            target_type,
-            target_id,
-            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
-            ip,
-            created_at: rfc3339(at),
-        })
+        .map(
+            |(id, actor, action, target_type, target_id, details, ip, at)| AuditRecord {
+                id,
+                actor,
+                action,
+                target_type,
+                target_id,
+                details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+                ip,
+                created_at: rfc3339(at),
+            },
+        )
         .collect())
 }

@@ -16,7 +16,11 @@ use crate::secret::Secret;
 use crate::server::{self, Server};
 
 #[derive(Debug, Parser)]
-#[command(name = "truevault-control", version, about = "TrueVault VPN control plane")]
+#[command(
+    name = "truevault-control",
+    version,
+    about = "TrueVault VPN control plane"
+)]
 pub struct Cli {
     /// TOML settings file (optional: every setting has a default and a TRUEVAULT_<NAME> variable).
     #[arg(long, global = true, env = "TRUEVAULT_CONFIG")]
@@ -128,7 +132,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Migrate => {
             let settings = cli.settings(None)?;
             let db = server::open_database(&settings).await?;
-            out(&format!("database ({}) is at the latest schema version", db.engine().name()));
+            out(&format!(
+                "database ({}) is at the latest schema version",
+                db.engine().name()
+            ));
             db.close().await;
             Ok(())
         }
@@ -151,13 +158,20 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn admin(accounts: &crate::accounts::Accounts, cmd: &AdminCommand) -> Result<()> {
     match cmd {
-        AdminCommand::CreateAdmin { email, password_file } => {
+        AdminCommand::CreateAdmin {
+            email,
+            password_file,
+        } => {
             let password = read_password(password_file.as_deref())?;
             let user = accounts.create_admin(email, &password).await?;
             out(&json(&user)?);
         }
         AdminCommand::SetRole { email, role } => {
-            let role = if role == "admin" { Role::Admin } else { Role::Customer };
+            let role = if role == "admin" {
+                Role::Admin
+            } else {
+                Role::Customer
+            };
             let user = accounts.set_role(email, role, Actor::Cli).await?;
             out(&json(&user)?);
         }

@@ -14,7 +14,7 @@ use crate::secret::Secret;
 pub const ENV_PREFIX: &str = "TRUEVAULT_";
 
 /// Environment variables under the prefix that are not settings.
-const NOT_SETTINGS: &[&str] = &["CONFIG", "LOG", "LOG_FORMAT"];
+const NOT_SETTINGS: &[&str] = &["CONFIG", "LOG", "ADMIN_PASSWORD"];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -120,9 +120,8 @@ impl Settings {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     Error::Config(format!("cannot read config file {}: {e}", path.display()))
                 })?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| {
-                    Error::Config(format!("config file {}: {e}", path.display()))
-                })?
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?
             }
             None => toml::Table::new(),
         };
@@ -194,15 +193,30 @@ impl Settings {
             problems.push("password_hash_memory_kib is too small for the parallelism".to_owned());
         }
         for (name, value) in [
-            ("password_hash_iterations", u64::from(self.password_hash_iterations)),
-            ("password_hash_parallelism", u64::from(self.password_hash_parallelism)),
+            (
+                "password_hash_iterations",
+                u64::from(self.password_hash_iterations),
+            ),
+            (
+                "password_hash_parallelism",
+                u64::from(self.password_hash_parallelism),
+            ),
             ("access_token_ttl_secs", self.access_token_ttl_secs),
             ("refresh_token_ttl_days", self.refresh_token_ttl_days),
             ("trial_days", self.trial_days),
             ("login_max_failures", u64::from(self.login_max_failures)),
-            ("auth_rate_limit_burst", u64::from(self.auth_rate_limit_burst)),
-            ("auth_rate_limit_per_minute", u64::from(self.auth_rate_limit_per_minute)),
-            ("database_max_connections", u64::from(self.database_max_connections)),
+            (
+                "auth_rate_limit_burst",
+                u64::from(self.auth_rate_limit_burst),
+            ),
+            (
+                "auth_rate_limit_per_minute",
+                u64::from(self.auth_rate_limit_per_minute),
+            ),
+            (
+                "database_max_connections",
+                u64::from(self.database_max_connections),
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
@@ -295,8 +309,11 @@ mod tests {
     fn file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "trial_days = 3\njwt_issuer = \"file\"\nlogin_max_failures = 9\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "trial_days = 3\njwt_issuer = \"file\"\nlogin_max_failures = 9\n",
+        )
+        .unwrap();
         let e = env(&[
             ("TRUEVAULT_TRIAL_DAYS", "5"),
             ("TRUEVAULT_JWT_ISSUER", "12345"),

@@ -28,10 +28,7 @@ pub enum Error {
     #[error("request validation failed")]
     Validation(Vec<FieldError>),
     #[error("{message}")]
-    InvalidRequest {
-        code: &'static str,
-        message: String,
-    },
+    InvalidRequest { code: &'static str, message: String },
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("the request body has a field this endpoint does not accept: {0}")]
@@ -53,10 +50,7 @@ pub enum Error {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{message}")]
-    Conflict {
-        code: &'static str,
-        message: String,
-    },
+    Conflict { code: &'static str, message: String },
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("too many failed logins; the account is locked for {retry_after_secs} s")]

@@ -54,8 +54,9 @@ impl std::fmt::Debug for AccessTokens {
 
 impl AccessTokens {
     pub fn new(pkcs8_der: &[u8], issuer: &str, audience: &str, ttl_secs: u64) -> Result<Self> {
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8_der)
-            .map_err(|_| Error::Config("the JWT signing key is not an Ed25519 PKCS#8 key".into()))?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8_der).map_err(|_| {
+            Error::Config("the JWT signing key is not an Ed25519 PKCS#8 key".into())
+        })?;
         let public = pair.public_key().as_ref().to_vec();
         let key_id = crate::crypto::sha256_hex(&public)[..16].to_owned();
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -114,11 +115,17 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<Vec<u8>> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             warn_if_readable_by_others(path);
-            return parse_pem(&text)
-                .ok_or_else(|| Error::Config(format!("{} is not a PEM private key", path.display())));
+            return parse_pem(&text).ok_or_else(|| {
+                Error::Config(format!("{} is not a PEM private key", path.display()))
+            });
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::Config(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::fsutil::create_private_dir(dir)?;
@@ -140,15 +147,18 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<Vec<u8>> {
             Ok(pkcs8.as_ref().to_vec())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_signing_key(path),
-        Err(e) => Err(Error::Config(format!("cannot create {}: {e}", path.display()))),
+        Err(e) => Err(Error::Config(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
     }
 }
 
 fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "the JWT signing key is readable by other users; chmod 600 it");
-        }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the JWT signing key is readable by other users; chmod 600 it");
     }
 }
 
@@ -212,13 +222,22 @@ mod tests {
 
         let other_key = load_or_create_signing_key(&dir.path().join("other.pem")).unwrap();
         let other = AccessTokens::new(&other_key, "iss", "aud", 900).unwrap();
-        assert!(other.verify(&jwt, now).is_err(), "foreign signature accepted");
+        assert!(
+            other.verify(&jwt, now).is_err(),
+            "foreign signature accepted"
+        );
 
         let key = load_or_create_signing_key(&dir.path().join("k.pem")).unwrap();
         let wrong_aud = AccessTokens::new(&key, "iss", "other-aud", 900).unwrap();
-        assert!(wrong_aud.verify(&jwt, now).is_err(), "wrong audience accepted");
+        assert!(
+            wrong_aud.verify(&jwt, now).is_err(),
+            "wrong audience accepted"
+        );
         let wrong_iss = AccessTokens::new(&key, "other-iss", "aud", 900).unwrap();
-        assert!(wrong_iss.verify(&jwt, now).is_err(), "wrong issuer accepted");
+        assert!(
+            wrong_iss.verify(&jwt, now).is_err(),
+            "wrong issuer accepted"
+        );
 
         // An unsigned token claiming alg "none" must not pass.
         let mut parts = jwt.split('.');

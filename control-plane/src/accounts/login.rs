@@ -38,7 +38,11 @@ pub struct LogoutInput {
 }
 
 impl Accounts {
-    pub async fn login(&self, input: LoginInput, client: &ClientInfo) -> Result<(AuthTokens, UserView)> {
+    pub async fn login(
+        &self,
+        input: LoginInput,
+        client: &ClientInfo,
+    ) -> Result<(AuthTokens, UserView)> {
         let mut problems = Problems::default();
         let email = input.email.as_deref().map(str::trim).unwrap_or_default();
         if email.is_empty() {
@@ -91,7 +95,8 @@ impl Accounts {
                 retry_after_secs: whole_seconds(self.policy.lockout),
             });
         }
-        let issued = sessions::create(tx.conn(), user_id, client, now, self.policy.refresh_ttl).await?;
+        let issued =
+            sessions::create(tx.conn(), user_id, client, now, self.policy.refresh_ttl).await?;
         let user = load_view(tx.conn(), user_id).await?;
         tx.commit().await?;
         Ok((self.tokens_for(&user.uuid, issued, now)?, user))
@@ -99,7 +104,12 @@ impl Accounts {
 
     /// Counts a failed password within the window; the failure that reaches the limit locks
     /// the account. Returns the error to answer with.
-    async fn record_failure(&self, user_id: i64, client: &ClientInfo, now: Millis) -> Result<Error> {
+    async fn record_failure(
+        &self,
+        user_id: i64,
+        client: &ClientInfo,
+        now: Millis,
+    ) -> Result<Error> {
         let mut tx = self.db.begin_write().await?;
         let (failures,): (i64,) = sqlx::query_as(
             "UPDATE users SET
@@ -157,7 +167,9 @@ impl Accounts {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
         match sessions::rotate(tx.conn(), &token, now, self.policy.refresh_ttl).await? {
-            Rotation::Rotated { user_uuid, issued, .. } => {
+            Rotation::Rotated {
+                user_uuid, issued, ..
+            } => {
                 tx.commit().await?;
                 self.tokens_for(&user_uuid, issued, now)
             }
@@ -168,7 +180,9 @@ impl Accounts {
                     "this refresh token was already used; the session has been revoked",
                 ))
             }
-            Rotation::Invalid => Err(Error::Unauthenticated("the refresh token is invalid or expired")),
+            Rotation::Invalid => Err(Error::Unauthenticated(
+                "the refresh token is invalid or expired",
+            )),
         }
     }
 

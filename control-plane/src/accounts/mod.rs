@@ -26,8 +26,8 @@ use crate::storage::Db;
 
 pub use jwt::{AccessTokens, Claims, load_or_create_signing_key};
 pub use login::{LoginInput, LogoutInput, RefreshInput};
-pub use recovery::{ResetConfirmInput, ResetRequestInput};
 pub use passwords::PasswordHasher;
+pub use recovery::{ResetConfirmInput, ResetRequestInput};
 pub use registration::RegisterInput;
 pub use users::{Role, UserView};
 pub use vip::{VipEntry, VipInput, VipTier};
@@ -88,11 +88,18 @@ pub struct Accounts {
 }
 
 fn ms(n: u64, unit: Millis) -> Millis {
-    i64::try_from(n).unwrap_or(i64::MAX / unit).saturating_mul(unit)
+    i64::try_from(n)
+        .unwrap_or(i64::MAX / unit)
+        .saturating_mul(unit)
 }
 
 impl Accounts {
-    pub fn new(db: Db, clock: SharedClock, settings: &Settings, signing_key: &[u8]) -> Result<Self> {
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        settings: &Settings,
+        signing_key: &[u8],
+    ) -> Result<Self> {
         let hasher = PasswordHasher::new(
             settings.password_hash_memory_kib,
             settings.password_hash_iterations,
@@ -147,7 +154,9 @@ impl Accounts {
         .fetch_optional(self.db.pool())
         .await?;
         let Some((user_id, user_uuid, role, status)) = row else {
-            return Err(Error::Unauthenticated("the session has ended; log in again"));
+            return Err(Error::Unauthenticated(
+                "the session has ended; log in again",
+            ));
         };
         if user_uuid != claims.sub {
             return Err(Error::Unauthenticated("the access token is invalid"));
@@ -163,7 +172,12 @@ impl Accounts {
         })
     }
 
-    fn tokens_for(&self, user_uuid: &str, issued: sessions::IssuedSession, now: Millis) -> Result<AuthTokens> {
+    fn tokens_for(
+        &self,
+        user_uuid: &str,
+        issued: sessions::IssuedSession,
+        now: Millis,
+    ) -> Result<AuthTokens> {
         Ok(AuthTokens {
             access_token: self.tokens.issue(user_uuid, &issued.session_id, now)?,
             token_type: "Bearer",

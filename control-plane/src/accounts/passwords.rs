@@ -21,7 +21,12 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
-    pub fn new(memory_kib: u32, iterations: u32, parallelism: u32, concurrency: usize) -> Result<Self> {
+    pub fn new(
+        memory_kib: u32,
+        iterations: u32,
+        parallelism: u32,
+        concurrency: usize,
+    ) -> Result<Self> {
         let params = Params::new(memory_kib, iterations, parallelism, None)
             .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
         let concurrency = if concurrency == 0 {
@@ -41,7 +46,8 @@ impl PasswordHasher {
     pub async fn hash(&self, password: &Secret) -> Result<String> {
         let params = self.params.clone();
         let password = password.clone();
-        self.run(move || hash_blocking(&params, password.expose())).await
+        self.run(move || hash_blocking(&params, password.expose()))
+            .await
     }
 
     /// Verifies against a stored PHC string. The stored string's own parameters are used, so
@@ -49,7 +55,8 @@ impl PasswordHasher {
     pub async fn verify(&self, password: &Secret, stored: &str) -> Result<bool> {
         let password = password.clone();
         let stored = stored.to_owned();
-        self.run(move || Ok(verify_blocking(password.expose(), &stored))).await
+        self.run(move || Ok(verify_blocking(password.expose(), &stored)))
+            .await
     }
 
     /// Spends the same work as a real verification and always fails.

@@ -49,7 +49,14 @@ impl Accounts {
         let Some((user_id, first_name)) = row else {
             return Ok(());
         };
-        let token = issue_one_time_token(tx.conn(), user_id, "password_reset", now, self.policy.reset_ttl).await?;
+        let token = issue_one_time_token(
+            tx.conn(),
+            user_id,
+            "password_reset",
+            now,
+            self.policy.reset_ttl,
+        )
+        .await?;
         outbox::enqueue(
             tx.conn(),
             OutgoingMail {
@@ -71,16 +78,26 @@ impl Accounts {
 
     /// Sets the new password, ends every session and clears a lockout. The link proves the
     /// mailbox, so it also verifies the email.
-    pub async fn confirm_password_reset(&self, input: ResetConfirmInput, client: &ClientInfo) -> Result<()> {
+    pub async fn confirm_password_reset(
+        &self,
+        input: ResetConfirmInput,
+        client: &ClientInfo,
+    ) -> Result<()> {
         let mut problems = Problems::default();
         let token = validate::required_token(input.token.as_deref(), &mut problems);
-        let password = validate::new_password("new_password", input.new_password.as_ref(), &mut problems);
+        let password =
+            validate::new_password("new_password", input.new_password.as_ref(), &mut problems);
         problems.finish()?;
         let (Some(token), Some(password)) = (token, password) else {
             return Err(Error::internal("validated input missing"));
         };
         let token_hash = sha256_hex(token.as_bytes());
-        let invalid = || Error::invalid("invalid_token", "This reset link is invalid, already used or expired");
+        let invalid = || {
+            Error::invalid(
+                "invalid_token",
+                "This reset link is invalid, already used or expired",
+            )
+        };
         // Checked before hashing so a bad link costs no Argon2 work; consumed below.
         let live: Option<(i64,)> = sqlx::query_as(
             "SELECT id FROM one_time_tokens

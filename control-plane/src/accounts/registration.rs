@@ -29,12 +29,18 @@ pub struct RegisterInput {
 }
 
 impl Accounts {
-    pub async fn register(&self, input: RegisterInput, client: &ClientInfo) -> Result<(AuthTokens, UserView)> {
+    pub async fn register(
+        &self,
+        input: RegisterInput,
+        client: &ClientInfo,
+    ) -> Result<(AuthTokens, UserView)> {
         let mut problems = Problems::default();
         let email = validate::email(input.email.as_deref(), &mut problems);
         let password = validate::new_password("password", input.password.as_ref(), &mut problems);
-        let first_name = validate::person_name("first_name", input.first_name.as_deref(), &mut problems);
-        let last_name = validate::person_name("last_name", input.last_name.as_deref(), &mut problems);
+        let first_name =
+            validate::person_name("first_name", input.first_name.as_deref(), &mut problems);
+        let last_name =
+            validate::person_name("last_name", input.last_name.as_deref(), &mut problems);
         problems.finish()?;
         let (Some(email), Some(password)) = (email, password) else {
             return Err(Error::internal("validated input missing"));
@@ -90,8 +96,10 @@ impl Accounts {
         .bind(trial_ends)
         .execute(tx.conn())
         .await?;
-        self.queue_verification(tx.conn(), user_id, &email, &first_name, now).await?;
-        let issued = sessions::create(tx.conn(), user_id, client, now, self.policy.refresh_ttl).await?;
+        self.queue_verification(tx.conn(), user_id, &email, &first_name, now)
+            .await?;
+        let issued =
+            sessions::create(tx.conn(), user_id, client, now, self.policy.refresh_ttl).await?;
         let user = load_view(tx.conn(), user_id).await?;
         tx.commit().await?;
         tracing::info!(user_id, "registered a new account with a trial");
@@ -134,19 +142,19 @@ impl Accounts {
     pub async fn resend_verification(&self, caller: &Caller) -> Result<bool> {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
-        let row: Option<(String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT email, first_name, email_verified_at FROM users WHERE id = $1",
-        )
-        .bind(caller.user_id)
-        .fetch_optional(tx.conn())
-        .await?;
+        let row: Option<(String, String, Option<i64>)> =
+            sqlx::query_as("SELECT email, first_name, email_verified_at FROM users WHERE id = $1")
+                .bind(caller.user_id)
+                .fetch_optional(tx.conn())
+                .await?;
         let Some((email, first_name, verified)) = row else {
             return Err(Error::NotFound("user"));
         };
         if verified.is_some() {
             return Ok(false);
         }
-        self.queue_verification(tx.conn(), caller.user_id, &email, &first_name, now).await?;
+        self.queue_verification(tx.conn(), caller.user_id, &email, &first_name, now)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -159,7 +167,14 @@ impl Accounts {
         first_name: &str,
         now: Millis,
     ) -> Result<()> {
-        let token = issue_one_time_token(conn, user_id, "verify_email", now, self.policy.verification_ttl).await?;
+        let token = issue_one_time_token(
+            conn,
+            user_id,
+            "verify_email",
+            now,
+            self.policy.verification_ttl,
+        )
+        .await?;
         outbox::enqueue(
             conn,
             OutgoingMail {

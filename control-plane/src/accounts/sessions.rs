@@ -75,26 +75,46 @@ async fn insert_refresh_token(
     Ok(token)
 }
 
+/// A refresh token with its session and user: id, session, expiry, use, user uuid, user
+/// status, session revocation, session expiry.
+type TokenRow = (
+    i64,
+    String,
+    i64,
+    Option<i64>,
+    String,
+    String,
+    Option<i64>,
+    i64,
+);
+
 pub(crate) async fn rotate(
     conn: &mut AnyConnection,
     presented: &Secret,
     now: Millis,
     ttl: Millis,
 ) -> Result<Rotation> {
-    let row: Option<(i64, String, i64, Option<i64>, i64, String, String, Option<i64>, i64)> =
-        sqlx::query_as(
-            "SELECT rt.id, rt.session_id, rt.expires_at, rt.used_at,
-                    u.id, u.uuid, u.status, s.revoked_at, s.expires_at
+    let row: Option<TokenRow> = sqlx::query_as(
+        "SELECT rt.id, rt.session_id, rt.expires_at, rt.used_at,
+                    u.uuid, u.status, s.revoked_at, s.expires_at
              FROM refresh_tokens rt
              JOIN auth_sessions s ON s.id = rt.session_id
              JOIN users u ON u.id = s.user_id
              WHERE rt.token_hash = $1",
-        )
-        .bind(sha256_hex(presented.expose().as_bytes()))
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some((token_id, session_id, expires_at, used_at, _user_id, user_uuid, status, revoked_at, session_expires)) =
-        row
+    )
+    .bind(sha256_hex(presented.expose().as_bytes()))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((
+        token_id,
+        session_id,
+        expires_at,
+        used_at,
+        user_uuid,
+        status,
+        revoked_at,
+        session_expires,
+    )) = row
     else {
         return Ok(Rotation::Invalid);
     };
@@ -112,14 +132,13 @@ pub(crate) async fn rotate(
         return Err(Error::Forbidden("this account is not active"));
     }
     // Guarded: of two concurrent uses of one token, exactly one gets here with a row updated.
-    let claimed = sqlx::query(
-        "UPDATE refresh_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL",
-    )
-    .bind(now)
-    .bind(token_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let claimed =
+        sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
+            .bind(now)
+            .bind(token_id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
     if claimed == 0 {
         revoke(conn, &session_id, "refresh_token_reuse", now).await?;
         return Ok(Rotation::Reused);

@@ -22,7 +22,11 @@ pub enum Role {
 
 impl Role {
     pub fn parse(s: &str) -> Self {
-        if s == "admin" { Self::Admin } else { Self::Customer }
+        if s == "admin" {
+            Self::Admin
+        } else {
+            Self::Customer
+        }
     }
 }
 
@@ -74,8 +78,20 @@ pub(crate) async fn load_view(conn: &mut AnyConnection, user_id: i64) -> Result<
     .bind(user_id)
     .fetch_optional(conn)
     .await?;
-    let Some((id, uuid, email, first_name, last_name, role, vip_tier, verified, created, plan, status, trial_ends)) =
-        row
+    let Some((
+        id,
+        uuid,
+        email,
+        first_name,
+        last_name,
+        role,
+        vip_tier,
+        verified,
+        created,
+        plan,
+        status,
+        trial_ends,
+    )) = row
     else {
         return Err(Error::NotFound("user"));
     };
@@ -192,7 +208,11 @@ impl Accounts {
 
 /// Marks the email verified (idempotent) and applies VIP status if the address is listed.
 /// Called by verification and by a completed password reset (both prove the mailbox).
-pub(crate) async fn mark_email_verified(conn: &mut AnyConnection, user_id: i64, now: Millis) -> Result<()> {
+pub(crate) async fn mark_email_verified(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    now: Millis,
+) -> Result<()> {
     let row: Option<(String,)> = sqlx::query_as(
         "UPDATE users SET email_verified_at = COALESCE(email_verified_at, $1), updated_at = $1
          WHERE id = $2 RETURNING email",

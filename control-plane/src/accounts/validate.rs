@@ -135,12 +135,27 @@ mod tests {
 
     #[test]
     fn emails() {
-        for ok in ["a@b.co", "first.last+tag@mail.example.org", "x_y-z@sub-domain.io"] {
+        for ok in [
+            "a@b.co",
+            "first.last+tag@mail.example.org",
+            "x_y-z@sub-domain.io",
+        ] {
             assert!(is_valid_email(ok), "{ok}");
         }
         for bad in [
-            "", "plain", "@b.co", "a@", "a@b", "a@b.c", "a..b@c.io", ".a@c.io", "a@-b.io",
-            "a b@c.io", "ü@c.io", "a@b..io", "a@b.i0",
+            "",
+            "plain",
+            "@b.co",
+            "a@",
+            "a@b",
+            "a@b.c",
+            "a..b@c.io",
+            ".a@c.io",
+            "a@-b.io",
+            "a b@c.io",
+            "ü@c.io",
+            "a@b..io",
+            "a@b.i0",
         ] {
             assert!(!is_valid_email(bad), "{bad}");
         }
@@ -149,7 +164,10 @@ mod tests {
     #[test]
     fn email_is_trimmed_and_lowercased() {
         let mut p = Problems::default();
-        assert_eq!(email(Some("  Ada@Example.COM "), &mut p).as_deref(), Some("ada@example.com"));
+        assert_eq!(
+            email(Some("  Ada@Example.COM "), &mut p).as_deref(),
+            Some("ada@example.com")
+        );
         assert!(p.finish().is_ok());
     }
 
@@ -158,7 +176,9 @@ mod tests {
         let mut p = Problems::default();
         email(None, &mut p);
         new_password("password", Some(&Secret::new("short")), &mut p);
-        let Err(Error::Validation(list)) = p.finish() else { panic!() };
+        let Err(Error::Validation(list)) = p.finish() else {
+            panic!()
+        };
         let codes: Vec<_> = list.iter().map(|f| (f.field, f.code)).collect();
         assert_eq!(codes, [("email", "required"), ("password", "too_short")]);
     }

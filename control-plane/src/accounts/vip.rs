@@ -95,7 +95,12 @@ impl Accounts {
 
     /// Adds an address or changes its tier and note; returns the entry and whether it is new.
     /// A verified account with that address gets (or changes) its VIP status at once.
-    pub async fn upsert_vip(&self, input: VipInput, actor: Actor, ip: Option<IpAddr>) -> Result<(VipEntry, bool)> {
+    pub async fn upsert_vip(
+        &self,
+        input: VipInput,
+        actor: Actor,
+        ip: Option<IpAddr>,
+    ) -> Result<(VipEntry, bool)> {
         let mut problems = Problems::default();
         let email = validate::email(input.email.as_deref(), &mut problems);
         let tier = match input.tier.as_deref() {
@@ -110,7 +115,11 @@ impl Accounts {
         };
         let note = input.note.unwrap_or_default().trim().to_owned();
         if note.chars().count() > NOTE_MAX_CHARS {
-            problems.push("note", "too_long", format!("Must be at most {NOTE_MAX_CHARS} characters"));
+            problems.push(
+                "note",
+                "too_long",
+                format!("Must be at most {NOTE_MAX_CHARS} characters"),
+            );
         }
         problems.finish()?;
         let (Some(email), Some(tier)) = (email, tier) else {
@@ -151,7 +160,11 @@ impl Accounts {
             tx.conn(),
             audit::Entry {
                 actor,
-                action: if existed.is_some() { "vip.updated" } else { "vip.added" },
+                action: if existed.is_some() {
+                    "vip.updated"
+                } else {
+                    "vip.added"
+                },
                 target_type: Some("vip"),
                 target_id: Some(email.clone()),
                 details: serde_json::json!({ "tier": tier.as_str(), "note": note }),
@@ -220,7 +233,12 @@ impl Accounts {
 }
 
 /// For a verified account: grants VIP status if its address is listed.
-pub(crate) async fn apply_if_listed(conn: &mut AnyConnection, user_id: i64, email: &str, now: Millis) -> Result<()> {
+pub(crate) async fn apply_if_listed(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    email: &str,
+    now: Millis,
+) -> Result<()> {
     let listed: Option<(String,)> = sqlx::query_as("SELECT tier FROM vip_list WHERE email = $1")
         .bind(email)
         .fetch_optional(&mut *conn)
@@ -234,10 +252,11 @@ pub(crate) async fn apply_if_listed(conn: &mut AnyConnection, user_id: i64, emai
 /// The seed's VIP treatment: business plan, lifetime (no end), status by tier. A running trial
 /// becomes the lifetime subscription; a paid subscription is left as it is.
 async fn grant(conn: &mut AnyConnection, user_id: i64, tier: VipTier, now: Millis) -> Result<()> {
-    let previous: Option<(Option<String>,)> = sqlx::query_as("SELECT vip_tier FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let previous: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT vip_tier FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     sqlx::query("UPDATE users SET vip_tier = $1, updated_at = $2 WHERE id = $3")
         .bind(tier.as_str())
         .bind(now)

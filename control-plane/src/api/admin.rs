@@ -24,7 +24,10 @@ pub fn routes() -> Router<AppState> {
 
 #[utoipa::path(get, path = "/api/v1/admin/vip", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = Vec<VipEntry>), (status = 403, body = ErrorBody)))]
-pub async fn list_vips(State(state): State<AppState>, _admin: AdminCaller) -> Result<Json<Vec<VipEntry>>, Error> {
+pub async fn list_vips(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Vec<VipEntry>>, Error> {
     state.accounts().list_vips().await.map(Json)
 }
 
@@ -41,7 +44,11 @@ pub async fn upsert_vip(
         .accounts()
         .upsert_vip(input, Actor::User(admin.user_id), client.ip)
         .await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(entry)))
 }
 
@@ -76,7 +83,11 @@ pub async fn list_audit(
     _admin: AdminCaller,
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditRecord>>, Error> {
-    audit::list(state.accounts().db(), query.limit.unwrap_or(100), query.before)
-        .await
-        .map(Json)
+    audit::list(
+        state.accounts().db(),
+        query.limit.unwrap_or(100),
+        query.before,
+    )
+    .await
+    .map(Json)
 }

@@ -68,7 +68,14 @@ pub async fn register(
     let message = "Registration successful! Your 7-day free trial has started. \
                    Check your inbox to verify your email."
         .to_owned();
-    Ok((StatusCode::CREATED, Json(SessionResponse { tokens, user, message })))
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionResponse {
+            tokens,
+            user,
+            message,
+        }),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginInput,
@@ -115,7 +122,10 @@ pub async fn verify_email(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<VerifyEmailInput>,
 ) -> Result<Json<VerifiedResponse>, Error> {
-    let user = state.accounts().verify_email(input.token.as_deref()).await?;
+    let user = state
+        .accounts()
+        .verify_email(input.token.as_deref())
+        .await?;
     let message = if user.is_vip {
         "Email verified. Welcome VIP!"
     } else {
@@ -135,9 +145,15 @@ pub async fn resend_verification(
 ) -> Result<(StatusCode, Json<MessageResponse>), Error> {
     let sent = state.accounts().resend_verification(&caller).await?;
     Ok(if sent {
-        (StatusCode::ACCEPTED, message("A new verification link is on its way."))
+        (
+            StatusCode::ACCEPTED,
+            message("A new verification link is on its way."),
+        )
     } else {
-        (StatusCode::OK, message("This email address is already verified."))
+        (
+            StatusCode::OK,
+            message("This email address is already verified."),
+        )
     })
 }
 
@@ -162,8 +178,13 @@ pub async fn confirm_password_reset(
     client: ClientInfo,
     ApiJson(input): ApiJson<ResetConfirmInput>,
 ) -> Result<Json<MessageResponse>, Error> {
-    state.accounts().confirm_password_reset(input, &client).await?;
-    Ok(message("Your password has been changed. Every session was signed out; log in again."))
+    state
+        .accounts()
+        .confirm_password_reset(input, &client)
+        .await?;
+    Ok(message(
+        "Your password has been changed. Every session was signed out; log in again.",
+    ))
 }
 
 fn message(text: &str) -> Json<MessageResponse> {

@@ -1,11 +1,11 @@
 //! The one mapping from [`Error`] to HTTP, and the JSON body extractor whose every rejection is
 //! an [`Error`] too, so no request gets a plain-text or stack-trace answer.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
@@ -68,7 +68,11 @@ impl IntoResponse for Error {
             _ => None,
         };
         let unauthenticated = matches!(self, Error::Unauthenticated(_) | Error::InvalidCredentials);
-        let code = if status == StatusCode::SERVICE_UNAVAILABLE { "unavailable" } else { self.code() };
+        let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "unavailable"
+        } else {
+            self.code()
+        };
         let details = match self {
             Error::Validation(list) => list,
             _ => Vec::new(),
@@ -150,10 +154,15 @@ fn require_json(headers: &HeaderMap) -> Result<(), Error> {
         .and_then(|v| v.split(';').next())
         .map(|essence| {
             let essence = essence.trim().to_ascii_lowercase();
-            essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
         })
         .unwrap_or(false);
-    if is_json { Ok(()) } else { Err(Error::UnsupportedMediaType) }
+    if is_json {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedMediaType)
+    }
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {

@@ -20,14 +20,21 @@ impl FromRequestParts<AppState> for Caller {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
-            .ok_or(Error::Unauthenticated("an access token is required (Authorization: Bearer ...)"))?;
+            .ok_or(Error::Unauthenticated(
+                "an access token is required (Authorization: Bearer ...)",
+            ))?;
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or(Error::Unauthenticated("the Authorization header must be 'Bearer <token>'"))?;
+            .ok_or(Error::Unauthenticated(
+                "the Authorization header must be 'Bearer <token>'",
+            ))?;
         state.accounts().authenticate(token).await
     }
 }
@@ -95,10 +102,10 @@ fn client_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
 pub async fn limit_auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let ip = client_ip(&parts, &state);
-    if let Some(ip) = ip {
-        if let Err(retry_after_secs) = state.0.auth_limiter.check(ip) {
-            return Error::RateLimited { retry_after_secs }.into_response();
-        }
+    if let Some(ip) = ip
+        && let Err(retry_after_secs) = state.0.auth_limiter.check(ip)
+    {
+        return Error::RateLimited { retry_after_secs }.into_response();
     }
     next.run(Request::from_parts(parts, body)).await
 }

@@ -65,7 +65,9 @@ impl RateLimiter {
 }
 
 fn refill(bucket: &Bucket, now: Instant, burst: f64, per_second: f64) -> f64 {
-    let elapsed = now.saturating_duration_since(bucket.refreshed).as_secs_f64();
+    let elapsed = now
+        .saturating_duration_since(bucket.refreshed)
+        .as_secs_f64();
     (bucket.tokens + elapsed * per_second).min(burst)
 }
 
@@ -106,7 +108,15 @@ mod tests {
         let limiter = RateLimiter::new(1, 1);
         let t0 = Instant::now();
         assert!(limiter.check_at("2001:db8::1".parse().unwrap(), t0).is_ok());
-        assert!(limiter.check_at("2001:db8::2".parse().unwrap(), t0).is_err());
-        assert!(limiter.check_at("2001:db8:0:1::1".parse().unwrap(), t0).is_ok());
+        assert!(
+            limiter
+                .check_at("2001:db8::2".parse().unwrap(), t0)
+                .is_err()
+        );
+        assert!(
+            limiter
+                .check_at("2001:db8:0:1::1".parse().unwrap(), t0)
+                .is_ok()
+        );
     }
 }

@@ -19,7 +19,11 @@ pub struct OutgoingMail<'a> {
 }
 
 /// Queues a mail; returns false when a mail with the same dedupe key already exists.
-pub async fn enqueue(conn: &mut AnyConnection, mail: OutgoingMail<'_>, now: Millis) -> Result<bool> {
+pub async fn enqueue(
+    conn: &mut AnyConnection,
+    mail: OutgoingMail<'_>,
+    now: Millis,
+) -> Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO mail_outbox (uuid, user_id, to_address, template, context, dedupe_key, status,
                                   next_attempt_at, created_at, updated_at)

@@ -149,11 +149,12 @@ impl Db {
     }
 
     async fn applied_versions(&self) -> Result<Vec<i64>> {
-        let rows: Vec<(i64,)> =
-            sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success = $1 ORDER BY version")
-                .bind(true)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT version FROM _sqlx_migrations WHERE success = $1 ORDER BY version",
+        )
+        .bind(true)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 
@@ -203,6 +204,9 @@ fn create_private_file(file: &Path) -> Result<()> {
     {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::Config(format!("cannot create {}: {e}", file.display()))),
+        Err(e) => Err(Error::Config(format!(
+            "cannot create {}: {e}",
+            file.display()
+        ))),
     }
 }

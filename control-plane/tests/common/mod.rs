@@ -1,0 +1,365 @@
+//! Test harness: a real control plane on loopback over a real database, per test.
+//!
+//! `engine_tests!` runs each scenario twice: on a fresh SQLite file and on a fresh PostgreSQL
+//! database (created per test, dropped afterwards even when the test fails). Without a
+//! PostgreSQL server the PostgreSQL half fails when `CI` is set and skips with a printed reason
+//! otherwise.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Connection as _, Executor as _};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use truevault_control_plane::api::AppState;
+use truevault_control_plane::clock::ManualClock;
+use truevault_control_plane::config::Settings;
+use truevault_control_plane::server::Server;
+use truevault_control_plane::storage::Db;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `<scenario>::sqlite` and `<scenario>::postgres` tests for `async fn scenario(Engine)`.
+#[macro_export]
+macro_rules! engine_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Engine::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::common::postgres_available(stringify!($name)).await {
+                    super::$name($crate::common::Engine::Postgres).await;
+                }
+            }
+        }
+    )*};
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("TRUEVAULT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// True when PostgreSQL answers. In CI a missing server is a failure, never a skip.
+pub async fn postgres_available(test: &str) -> bool {
+    sqlx::any::install_default_drivers();
+    match AnyConnection::connect(&postgres_admin_url()).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            true
+        }
+        Err(e) if in_ci() => panic!(
+            "PostgreSQL is required in CI ({}): {e}",
+            postgres_admin_url()
+        ),
+        Err(e) => {
+            eprintln!(
+                "SKIPPED {test} on PostgreSQL: no server at {} ({e})",
+                postgres_admin_url()
+            );
+            false
+        }
+    }
+}
+
+/// A throw-away PostgreSQL database, force-dropped when this value is dropped.
+#[derive(Debug)]
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        sqlx::any::install_default_drivers();
+        let admin = postgres_admin_url();
+        let name = format!("tv_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = AnyConnection::connect(&admin)
+            .await
+            .expect("connect to PostgreSQL");
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create test database");
+        let _ = conn.close().await;
+        let (base, query) = match admin.split_once('?') {
+            Some((b, q)) => (b.to_owned(), format!("?{q}")),
+            None => (admin.clone(), String::new()),
+        };
+        let base = base
+            .rsplit_once('/')
+            .map_or(base.as_str(), |(b, _)| b)
+            .to_owned();
+        Self {
+            url: format!("{base}/{name}{query}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside a runtime (or during a panic): use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = AnyConnection::connect(&postgres_admin_url()).await.ok()?;
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await
+                .ok()?;
+                conn.close().await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A running control plane with a manual clock, its database and an HTTP client.
+#[derive(Debug)]
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub state: AppState,
+    pub settings: Settings,
+    shutdown: Option<oneshot::Sender<()>>,
+    _pg: Option<Arc<PgDatabase>>,
+    _dir: Arc<TempDir>,
+}
+
+impl TestApp {
+    pub async fn start(engine: Engine) -> Self {
+        Self::start_with(engine, |_| {}).await
+    }
+
+    pub async fn start_with(engine: Engine, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let pg = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(Arc::new(PgDatabase::create().await)),
+        };
+        let mut settings = Settings {
+            data_dir: dir.path().join("data"),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: pg
+                .as_ref()
+                .map(|p| truevault_control_plane::secret::Secret::new(p.url.clone())),
+            // Tests share one loopback address: keep the per-address limit out of the way
+            // except where a test sets it.
+            auth_rate_limit_burst: 100_000,
+            auth_rate_limit_per_minute: 100_000,
+            ..Settings::default()
+        };
+        tweak(&mut settings);
+        Self::launch(settings, Arc::new(ManualClock::starting_now()), pg, dir).await
+    }
+
+    /// A second control-plane instance over the same database and clock (another replica).
+    pub async fn replica(&self) -> Self {
+        let mut settings = self.settings.clone();
+        settings.http_listen = "127.0.0.1:0".parse().unwrap();
+        Self::launch(
+            settings,
+            Arc::clone(&self.clock),
+            self._pg.clone(),
+            Arc::clone(&self._dir),
+        )
+        .await
+    }
+
+    async fn launch(
+        settings: Settings,
+        clock: Arc<ManualClock>,
+        pg: Option<Arc<PgDatabase>>,
+        dir: Arc<TempDir>,
+    ) -> Self {
+        let server = Server::bind(&settings, clock.clone())
+            .await
+            .expect("start the control plane");
+        let addr = server.local_addr().unwrap();
+        let state = server.state().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            clock,
+            state,
+            settings,
+            shutdown: Some(tx),
+            _pg: pg,
+            _dir: dir,
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        self.state.accounts().db()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        split(resp).await
+    }
+
+    pub async fn post_auth(
+        &self,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.post(self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        split(req.send().await.unwrap()).await
+    }
+
+    pub async fn get_auth(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        split(
+            self.http
+                .get(self.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn delete_auth(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        split(
+            self.http
+                .delete(self.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Registers and returns the response body (asserting 201).
+    pub async fn register(&self, email: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/v1/auth/register",
+                json!({ "email": email, "password": PASSWORD, "first_name": "Test" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        self.post(
+            "/api/v1/auth/login",
+            json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    /// The newest outbox mail of a template to an address: its JSON context.
+    pub async fn last_mail(&self, to: &str, template: &str) -> Value {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT context FROM mail_outbox WHERE to_address = $1 AND template = $2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(to)
+        .bind(template)
+        .fetch_optional(self.db().pool())
+        .await
+        .unwrap();
+        let (context,) = row.unwrap_or_else(|| panic!("no {template} mail to {to}"));
+        serde_json::from_str(&context).unwrap()
+    }
+
+    /// The `token` query parameter of a link in the newest mail of a template.
+    pub async fn token_from_mail(&self, to: &str, template: &str, link_field: &str) -> String {
+        let ctx = self.last_mail(to, template).await;
+        let link = ctx[link_field].as_str().unwrap();
+        link.split_once("token=").unwrap().1.to_owned()
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql)
+            .fetch_one(self.db().pool())
+            .await
+            .unwrap();
+        n
+    }
+
+    /// An admin account (made the way an operator does) and its access token.
+    pub async fn admin_token(&self) -> String {
+        let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+        self.state
+            .accounts()
+            .create_admin(
+                &email,
+                &truevault_control_plane::secret::Secret::new(PASSWORD),
+            )
+            .await
+            .unwrap();
+        let (status, body) = self.login(&email, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn split(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the project's run and test commands need on a Debian machine: jq and curl for
+# the README examples, and (for the node agent's tests) userspace WireGuard and iproute2.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+command -v cargo >/dev/null || { echo "setup: cargo is required (install Rust with rustup)" >&2; exit 1; }
+
+need=()
+command -v jq >/dev/null || need+=(jq)
+command -v curl >/dev/null || need+=(curl)
+command -v wireguard-go >/dev/null || need+=(wireguard-go)
+command -v wg >/dev/null || need+=(wireguard-tools)
+command -v ip >/dev/null || need+=(iproute2)
+
+if ((${#need[@]})); then
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo=()
+  elif command -v sudo >/dev/null; then
+    sudo=(sudo)
+  else
+    echo "setup: root is needed to install: ${need[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
