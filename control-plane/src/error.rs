@@ -55,6 +55,9 @@ pub enum Error {
     RateLimited { retry_after_secs: u64 },
     #[error("too many failed logins; the account is locked for {retry_after_secs} s")]
     AccountLocked { retry_after_secs: u64 },
+    /// The service cannot answer now (database unreachable, request took too long); retry.
+    #[error("{0}")]
+    Unavailable(&'static str),
     #[error("configuration error: {0}")]
     Config(String),
     #[error("database error: {0}")]
@@ -103,6 +106,7 @@ impl Error {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::AccountLocked { .. } => "account_locked",
+            Self::Unavailable(_) | Self::Database(sqlx::Error::PoolTimedOut) => "unavailable",
             Self::Config(_) => "config_error",
             Self::Database(_) | Self::Migration(_) | Self::Internal(_) => "internal_error",
         }

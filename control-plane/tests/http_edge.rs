@@ -16,6 +16,7 @@ engine_tests!(
     admin_endpoints_need_the_admin_role,
     health_readiness_metrics_and_openapi,
     migrations_are_idempotent,
+    slow_requests_get_503_in_the_error_shape,
 );
 
 async fn raw(
@@ -264,4 +265,23 @@ async fn migrations_are_idempotent(engine: Engine) {
     assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 1);
     assert_eq!(app.count("SELECT COUNT(*) FROM plans").await, 5);
     assert!(truevault_control_plane::storage::version_drift().is_empty());
+}
+
+async fn slow_requests_get_503_in_the_error_shape(engine: Engine) {
+    // Argon2id at 128 MiB and 16 passes takes seconds: far over a one-second request limit.
+    let app = TestApp::start_with(engine, |s| {
+        s.request_timeout_secs = 1;
+        s.password_hash_memory_kib = 128 * 1024;
+        s.password_hash_iterations = 16;
+    })
+    .await;
+    let (status, body) = app
+        .post(
+            "/api/v1/auth/register",
+            json!({ "email": "slow@example.com", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(error_code(&body), "unavailable");
+    assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 0);
 }

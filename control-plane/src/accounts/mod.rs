@@ -42,7 +42,9 @@ pub struct ClientInfo {
 /// Tokens handed to a client after registration, login or refresh.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuthTokens {
-    pub access_token: String,
+    #[schema(value_type = String)]
+    #[serde(serialize_with = "expose_secret")]
+    pub access_token: Secret,
     pub token_type: &'static str,
     /// Seconds until the access token expires.
     pub expires_in: i64,
@@ -179,7 +181,7 @@ impl Accounts {
         now: Millis,
     ) -> Result<AuthTokens> {
         Ok(AuthTokens {
-            access_token: self.tokens.issue(user_uuid, &issued.session_id, now)?,
+            access_token: Secret::new(self.tokens.issue(user_uuid, &issued.session_id, now)?),
             token_type: "Bearer",
             expires_in: self.tokens.ttl_secs(),
             refresh_token: issued.refresh_token,

@@ -44,7 +44,9 @@ fn status_of(err: &Error) -> StatusCode {
         Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Error::Conflict { .. } => StatusCode::CONFLICT,
         Error::RateLimited { .. } | Error::AccountLocked { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable(_) | Error::Database(sqlx::Error::PoolTimedOut) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::Config(_) | Error::Database(_) | Error::Migration(_) | Error::Internal(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -68,11 +70,7 @@ impl IntoResponse for Error {
             _ => None,
         };
         let unauthenticated = matches!(self, Error::Unauthenticated(_) | Error::InvalidCredentials);
-        let code = if status == StatusCode::SERVICE_UNAVAILABLE {
-            "unavailable"
-        } else {
-            self.code()
-        };
+        let code = self.code();
         let details = match self {
             Error::Validation(list) => list,
             _ => Vec::new(),

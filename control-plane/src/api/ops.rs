@@ -35,9 +35,9 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         }))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Err(Error::Database(sqlx::Error::PoolTimedOut))
+            Err(Error::Unavailable("the database is not reachable"))
         }
-        Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)),
+        Err(_) => Err(Error::Unavailable("the database did not answer in time")),
     }
 }
 
