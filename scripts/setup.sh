@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project's run and test commands need on a Debian machine: jq and curl for
-# the README examples, and (for the node agent's tests) userspace WireGuard and iproute2.
+# the README examples, python3-aiosmtpd (an SMTP server for the mail tests), and, for the node
+# agent's tests, userspace WireGuard and iproute2.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v wireguard-go >/dev/null || need+=(wireguard-go)
 command -v wg >/dev/null || need+=(wireguard-tools)
 command -v ip >/dev/null || need+=(iproute2)
+# A real SMTP server on loopback for the mail tests.
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
 
 if ((${#need[@]})); then
   if [ "$(id -u)" -eq 0 ]; then

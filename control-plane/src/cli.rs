@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::accounts::{Role, VipInput};
 use crate::audit::Actor;
+use crate::automation::{Automation, UserRef};
 use crate::clock::SystemClock;
 use crate::config::{Overrides, Settings};
 use crate::error::{Error, Result};
@@ -85,6 +86,31 @@ enum AdminCommand {
     /// Manage the VIP list.
     #[command(subcommand)]
     Vip(VipCommand),
+    /// Inspect and repair scheduled tasks.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Extend a running trial (the seed's "reply SAVE"): moves its end and pending steps.
+    ExtendTrial {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        days: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksCommand {
+    /// List tasks in a status (default: dead, the ones that need an operator).
+    List {
+        #[arg(long, default_value = "dead")]
+        status: String,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Run a dead or cancelled task again.
+    Retry { id: i64 },
+    /// Cancel a pending or dead task.
+    Cancel { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,15 +175,37 @@ pub async fn run(cli: Cli) -> Result<()> {
             let settings = cli.settings(None)?;
             let db = server::open_database(&settings).await?;
             let accounts = server::accounts(db.clone(), &settings, Arc::new(SystemClock))?;
-            let result = admin(&accounts, cmd).await;
+            let automation = Automation::new(db.clone(), Arc::new(SystemClock), &settings)?;
+            let result = admin(&accounts, &automation, cmd).await;
             db.close().await;
             result
         }
     }
 }
 
-async fn admin(accounts: &crate::accounts::Accounts, cmd: &AdminCommand) -> Result<()> {
+async fn admin(
+    accounts: &crate::accounts::Accounts,
+    automation: &Automation,
+    cmd: &AdminCommand,
+) -> Result<()> {
     match cmd {
+        AdminCommand::Tasks(TasksCommand::List { status, limit }) => {
+            out(&json(&automation.list_tasks(status, *limit).await?)?);
+        }
+        AdminCommand::Tasks(TasksCommand::Retry { id }) => {
+            out(&json(&automation.retry_task(*id, Actor::Cli, None).await?)?);
+        }
+        AdminCommand::Tasks(TasksCommand::Cancel { id }) => {
+            out(&json(
+                &automation.cancel_task(*id, Actor::Cli, None).await?,
+            )?);
+        }
+        AdminCommand::ExtendTrial { email, days } => {
+            let extension = automation
+                .extend_trial(UserRef::Email(email), *days, Actor::Cli, None)
+                .await?;
+            out(&json(&extension)?);
+        }
         AdminCommand::CreateAdmin {
             email,
             password_file,

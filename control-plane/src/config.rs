@@ -55,6 +55,41 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     pub max_body_bytes: usize,
     pub request_timeout_secs: u64,
+    /// Outgoing mail. Without `smtp_host`, mails are written as `.eml` files under
+    /// `<data_dir>/mail/`.
+    pub smtp_host: Option<String>,
+    /// Default: 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    pub smtp_port: Option<u16>,
+    pub smtp_security: SmtpSecurity,
+    pub smtp_username: Option<String>,
+    #[serde(skip_serializing)]
+    pub smtp_password: Option<Secret>,
+    pub smtp_password_file: Option<PathBuf>,
+    pub smtp_timeout_secs: u64,
+    pub mail_from: String,
+    /// Delivery attempts before a mail is marked failed.
+    pub mail_max_attempts: u32,
+    /// Run the automation workers (tasks and mail) inside `serve`.
+    pub workers_enabled: bool,
+    pub worker_poll_interval_ms: u64,
+    /// How long a worker owns a claimed task or mail before another may take it over.
+    pub task_lease_secs: u64,
+    /// The trial-expiry sweep runs once per interval across all replicas (the seed's cron).
+    pub trial_sweep_interval_secs: u64,
+    /// Regions in order of preference; a trial's one regional identity is in the first.
+    pub regions: Vec<String>,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS (port 587); the default.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host.
+    None,
 }
 
 impl Default for Settings {
@@ -87,6 +122,33 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
             request_timeout_secs: 30,
+            smtp_host: None,
+            smtp_port: None,
+            smtp_security: SmtpSecurity::Starttls,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_password_file: None,
+            smtp_timeout_secs: 30,
+            mail_from: "TrueVault VPN <no-reply@truevault.invalid>".to_owned(),
+            mail_max_attempts: 10,
+            workers_enabled: true,
+            worker_poll_interval_ms: 1000,
+            task_lease_secs: 300,
+            trial_sweep_interval_secs: 300,
+            regions: [
+                "us-east",
+                "us-central",
+                "us-west",
+                "ca-east",
+                "ca-west",
+                "eu-de",
+                "eu-uk",
+                "eu-nl",
+                "asia-sg",
+                "asia-jp",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }
     }
 }
@@ -162,17 +224,16 @@ impl Settings {
     }
 
     fn resolve_secret_files(&mut self) -> Result<()> {
-        if let Some(path) = &self.database_url_file {
-            if self.database_url.is_some() {
-                return Err(Error::Config(
-                    "set database_url or database_url_file, not both".into(),
-                ));
-            }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-            self.database_url = Some(Secret::new(text.trim()));
-        }
-        Ok(())
+        read_secret_file(
+            "database_url",
+            &mut self.database_url,
+            self.database_url_file.as_deref(),
+        )?;
+        read_secret_file(
+            "smtp_password",
+            &mut self.smtp_password,
+            self.smtp_password_file.as_deref(),
+        )
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -222,6 +283,15 @@ impl Settings {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
+        if self.regions.is_empty() || self.regions.iter().any(|r| r.trim().is_empty()) {
+            problems.push("regions must list at least one region, none empty".to_owned());
+        }
+        if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            problems.push(
+                "mail_from must be a mailbox such as \"TrueVault <no-reply@example.com>\""
+                    .to_owned(),
+            );
+        }
         if self.max_body_bytes < 1024 {
             problems.push("max_body_bytes must be at least 1024".to_owned());
         }
@@ -255,8 +325,24 @@ impl Settings {
         if self.database_url.is_some() {
             text.push_str("# database_url = <set, redacted>\n");
         }
+        if self.smtp_password.is_some() {
+            text.push_str("# smtp_password = <set, redacted>\n");
+        }
         Ok(text)
     }
+}
+
+fn read_secret_file(name: &str, value: &mut Option<Secret>, file: Option<&Path>) -> Result<()> {
+    let Some(path) = file else { return Ok(()) };
+    if value.is_some() {
+        return Err(Error::Config(format!(
+            "set {name} or {name}_file, not both"
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    *value = Some(Secret::new(text.trim_end_matches(['\r', '\n'])));
+    Ok(())
 }
 
 /// Types an environment value after the default of the same setting: a string setting stays a

@@ -2,13 +2,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::accounts::{Accounts, load_or_create_signing_key};
 use crate::api::{self, AppState, HttpSettings};
+use crate::automation::Automation;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -42,12 +45,18 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    workers_enabled: bool,
 }
 
 impl Server {
     pub async fn bind(settings: &Settings, clock: SharedClock) -> Result<Self> {
         let db = open_database(settings).await?;
-        let state = AppState::new(accounts(db, settings, clock)?, &http_settings(settings));
+        let automation = Arc::new(Automation::new(db.clone(), Arc::clone(&clock), settings)?);
+        let state = AppState::new(
+            accounts(db, settings, clock)?,
+            automation,
+            &http_settings(settings),
+        );
         let timeout = Duration::from_secs(settings.request_timeout_secs);
         let listener = TcpListener::bind(settings.http_listen).await.map_err(|e| {
             Error::Config(format!("cannot listen on {}: {e}", settings.http_listen))
@@ -56,6 +65,7 @@ impl Server {
             listener,
             router: api::router(state.clone(), timeout),
             state,
+            workers_enabled: settings.workers_enabled,
         })
     }
 
@@ -67,18 +77,29 @@ impl Server {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves (and runs the automation workers) until `shutdown` completes, then finishes
+    /// in-flight requests and the workers' current step.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let db = self.state.accounts().db().clone();
+        let (stop, stopped) = watch::channel(false);
+        let workers = if self.workers_enabled {
+            self.state.automation().spawn(stopped)
+        } else {
+            Vec::new()
+        };
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
+        let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(Error::internal)?;
+            .map_err(Error::internal);
+        let _ = stop.send(true);
+        for worker in workers {
+            let _ = worker.await;
+        }
         db.close().await;
-        Ok(())
+        served
     }
 }
 

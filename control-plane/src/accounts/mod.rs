@@ -8,6 +8,7 @@ mod login;
 mod passwords;
 mod recovery;
 mod registration;
+pub mod scanner;
 mod sessions;
 mod users;
 pub mod validate;

@@ -8,6 +8,7 @@ use sqlx::AnyConnection;
 use utoipa::ToSchema;
 
 use crate::automation::outbox::{self, OutgoingMail};
+use crate::automation::workflows;
 use crate::clock::{Millis, rfc3339};
 use crate::crypto::{random_token, sha256_hex};
 use crate::error::{Error, Result};
@@ -98,6 +99,7 @@ impl Accounts {
         .await?;
         self.queue_verification(tx.conn(), user_id, &email, &first_name, now)
             .await?;
+        workflows::trigger_trial_signup(tx.conn(), user_id, now).await?;
         let issued =
             sessions::create(tx.conn(), user_id, client, now, self.policy.refresh_ttl).await?;
         let user = load_view(tx.conn(), user_id).await?;

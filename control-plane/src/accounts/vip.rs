@@ -9,6 +9,7 @@ use sqlx::AnyConnection;
 use utoipa::ToSchema;
 
 use crate::audit::{self, Actor};
+use crate::automation::workflows;
 use crate::clock::{Millis, rfc3339};
 use crate::error::{Error, Result};
 
@@ -282,7 +283,11 @@ async fn grant(conn: &mut AnyConnection, user_id: i64, tier: VipTier, now: Milli
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    if previous.and_then(|(t,)| t).as_deref() != Some(tier.as_str()) {
+    let previous = previous.and_then(|(t,)| t);
+    if previous.is_none() {
+        workflows::trigger_vip_signup(&mut *conn, user_id, now).await?;
+    }
+    if previous.as_deref() != Some(tier.as_str()) {
         audit::record(
             conn,
             audit::Entry {

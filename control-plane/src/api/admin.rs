@@ -2,13 +2,16 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::accounts::{ClientInfo, VipEntry, VipInput};
 use crate::audit::{self, Actor, AuditRecord};
+use crate::automation::UserRef;
+use crate::automation::tasks::TaskView;
+use crate::billing::trials::TrialExtension;
 use crate::error::Error;
 
 use super::AppState;
@@ -20,6 +23,10 @@ pub fn routes() -> Router<AppState> {
         .route("/vip", get(list_vips).post(upsert_vip))
         .route("/vip/{email}", delete(remove_vip))
         .route("/audit", get(list_audit))
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{id}/retry", post(retry_task))
+        .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/users/{id}/extend-trial", post(extend_trial))
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/vip", tag = "admin", security(("bearer" = [])),
@@ -90,4 +97,90 @@ pub async fn list_audit(
     )
     .await
     .map(Json)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    /// `pending`, `running`, `succeeded`, `dead` (default) or `cancelled`.
+    pub status: Option<String>,
+    /// At most 1000; default 100.
+    pub limit: Option<i64>,
+}
+
+/// Scheduled tasks by status; by default the dead-lettered ones that need an operator.
+#[utoipa::path(get, path = "/api/v1/admin/tasks", tag = "admin", security(("bearer" = [])), params(TaskQuery),
+    responses((status = 200, body = Vec<TaskView>), (status = 400, body = ErrorBody)))]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Query(query): Query<TaskQuery>,
+) -> Result<Json<Vec<TaskView>>, Error> {
+    let status = query.status.as_deref().unwrap_or("dead");
+    state
+        .automation()
+        .list_tasks(status, query.limit.unwrap_or(100))
+        .await
+        .map(Json)
+}
+
+/// Run a dead or cancelled task again, with a fresh set of attempts.
+#[utoipa::path(post, path = "/api/v1/admin/tasks/{id}/retry", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 200, body = TaskView), (status = 409, body = ErrorBody)))]
+pub async fn retry_task(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<Json<TaskView>, Error> {
+    state
+        .automation()
+        .retry_task(id, Actor::User(admin.user_id), client.ip)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/tasks/{id}/cancel", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 200, body = TaskView), (status = 409, body = ErrorBody)))]
+pub async fn cancel_task(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<Json<TaskView>, Error> {
+    state
+        .automation()
+        .cancel_task(id, Actor::User(admin.user_id), client.ip)
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendTrialInput {
+    /// 1 to 90.
+    pub days: i64,
+}
+
+/// Move a running trial's end, and every pending trial step, by `days`.
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/extend-trial", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), request_body = ExtendTrialInput,
+    responses((status = 200, body = TrialExtension), (status = 409, body = ErrorBody)))]
+pub async fn extend_trial(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+    ApiJson(input): ApiJson<ExtendTrialInput>,
+) -> Result<Json<TrialExtension>, Error> {
+    state
+        .automation()
+        .extend_trial(
+            UserRef::Id(id),
+            input.days,
+            Actor::User(admin.user_id),
+            client.ip,
+        )
+        .await
+        .map(Json)
 }

@@ -24,6 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::accounts::Accounts;
+use crate::automation::Automation;
 use crate::error::Error;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::storage::Db;
@@ -37,6 +38,7 @@ pub struct AppState(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     accounts: Accounts,
+    automation: Arc<Automation>,
     db: Db,
     metrics: Metrics,
     auth_limiter: RateLimiter,
@@ -55,10 +57,11 @@ pub struct HttpSettings {
 }
 
 impl AppState {
-    pub fn new(accounts: Accounts, settings: &HttpSettings) -> Self {
+    pub fn new(accounts: Accounts, automation: Arc<Automation>, settings: &HttpSettings) -> Self {
         let db = accounts.db().clone();
         Self(Arc::new(Inner {
             accounts,
+            automation,
             db,
             metrics: Metrics::default(),
             auth_limiter: RateLimiter::new(
@@ -72,6 +75,10 @@ impl AppState {
 
     pub fn accounts(&self) -> &Accounts {
         &self.0.accounts
+    }
+
+    pub fn automation(&self) -> &Arc<Automation> {
+        &self.0.automation
     }
 
     pub(crate) fn max_body_bytes(&self) -> usize {

@@ -11,7 +11,9 @@ use super::{admin, auth, error, me};
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::verify_email,
         auth::resend_verification, auth::request_password_reset, auth::confirm_password_reset,
-        me::me, admin::list_vips, admin::upsert_vip, admin::remove_vip, admin::list_audit,
+        me::me, me::rotate_scanner_token, me::identities,
+        admin::list_vips, admin::upsert_vip, admin::remove_vip, admin::list_audit,
+        admin::list_tasks, admin::retry_task, admin::cancel_task, admin::extend_trial,
     ),
     components(schemas(error::ErrorBody, error::ErrorObject)),
     modifiers(&BearerAuth),

@@ -74,6 +74,22 @@ impl WriteTx {
         self.tx.commit().await?;
         Ok(())
     }
+
+    /// Rolls back now (rather than when the connection is next used), so SQLite's write lock
+    /// is released before the next writer's turn.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// `$first, $first+1, ...` for `n` values: an IN list or a VALUES row of bound parameters.
+/// Only numbers go into the SQL text; the values themselves are always bound.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Db {

@@ -16,6 +16,7 @@ use sqlx::{AnyConnection, Connection as _, Executor as _};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use truevault_control_plane::api::AppState;
+use truevault_control_plane::automation::Automation;
 use truevault_control_plane::clock::ManualClock;
 use truevault_control_plane::config::Settings;
 use truevault_control_plane::server::Server;
@@ -170,6 +171,8 @@ impl TestApp {
             // except where a test sets it.
             auth_rate_limit_burst: 100_000,
             auth_rate_limit_per_minute: 100_000,
+            // Tests drive the workers themselves, with the manual clock.
+            workers_enabled: false,
             ..Settings::default()
         };
         tweak(&mut settings);
@@ -221,6 +224,98 @@ impl TestApp {
 
     pub fn db(&self) -> &Db {
         self.state.accounts().db()
+    }
+
+    pub fn automation(&self) -> &Arc<Automation> {
+        self.state.automation()
+    }
+
+    /// Stops this control plane and starts a new one on the same database, data directory and
+    /// clock, as an operator's restart would.
+    pub async fn restart(mut self) -> Self {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.db().close().await;
+        let settings = self.settings.clone();
+        Self::launch(
+            settings,
+            Arc::clone(&self.clock),
+            self._pg.clone(),
+            Arc::clone(&self._dir),
+        )
+        .await
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Runs every task due at the clock's current time.
+    pub async fn run_tasks(&self) -> usize {
+        self.automation().run_until_idle().await.unwrap()
+    }
+
+    /// Delivers every due mail; returns how many were sent.
+    pub async fn deliver_mail(&self) -> usize {
+        let mut sent = 0;
+        loop {
+            let report = self.automation().deliver_due(64).await.unwrap();
+            sent += report.sent;
+            if report.sent + report.retrying + report.failed == 0 {
+                return sent;
+            }
+        }
+    }
+
+    /// Templates of the mails queued for an address, oldest first.
+    pub async fn mail_templates(&self, to: &str) -> Vec<String> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT template FROM mail_outbox WHERE to_address = $1 ORDER BY id")
+                .bind(to)
+                .fetch_all(self.db().pool())
+                .await
+                .unwrap();
+        rows.into_iter().map(|(t,)| t).collect()
+    }
+
+    /// Inserts `n` users with trials directly (no Argon2 work), for volume tests.
+    pub async fn insert_trial_users(&self, n: usize, trial_ends: i64) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(n);
+        let mut tx = self.db().begin_write().await.unwrap();
+        for i in 0..n {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO users (uuid, email, password_hash, first_name, created_at, updated_at)
+                 VALUES ($1, $2, 'x', 'Bulk', 0, 0) RETURNING id",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(format!(
+                "bulk{i}-{}@example.com",
+                uuid::Uuid::new_v4().simple()
+            ))
+            .fetch_one(tx.conn())
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO subscriptions (user_id, plan_type, status, trial_started, trial_ends,
+                                            current_period_start, current_period_end, created_at, updated_at)
+                 VALUES ($1, 'trial', 'trial', 0, $2, 0, $2, 0, 0)",
+            )
+            .bind(id)
+            .bind(trial_ends)
+            .execute(tx.conn())
+            .await
+            .unwrap();
+            sqlx::query("INSERT INTO trial_tracking (user_id, trial_started, trial_ends, created_at) VALUES ($1, -1, $2, 0)")
+                .bind(id)
+                .bind(trial_ends)
+                .execute(tx.conn())
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        tx.commit().await.unwrap();
+        ids
     }
 
     pub fn url(&self, path: &str) -> String {
