@@ -111,6 +111,11 @@ enum TasksCommand {
     Retry { id: i64 },
     /// Cancel a pending or dead task.
     Cancel { id: i64 },
+    /// Check that the control plane's workers run tasks: schedule a no-op and wait for it.
+    Ping {
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +204,15 @@ async fn admin(
             out(&json(
                 &automation.cancel_task(*id, Actor::Cli, None).await?,
             )?);
+        }
+        AdminCommand::Tasks(TasksCommand::Ping { timeout_secs }) => {
+            let took = automation
+                .ping(std::time::Duration::from_secs(*timeout_secs))
+                .await?;
+            out(&format!(
+                "a worker ran the ping task in {} ms",
+                took.as_millis()
+            ));
         }
         AdminCommand::ExtendTrial { email, days } => {
             let extension = automation

@@ -329,6 +329,38 @@ impl Automation {
 
     // ----- operators -----
 
+    /// Schedules a no-op task and waits until a worker (of any replica) has run it.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        let task = workflows::noop_task(self.clock.now_ms());
+        let key = task.key.clone();
+        let mut tx = self.db.begin_write().await?;
+        tasks::schedule(tx.conn(), task, self.clock.now_ms()).await?;
+        tx.commit().await?;
+        loop {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT status FROM scheduled_tasks WHERE task_key = $1")
+                    .bind(&key)
+                    .fetch_optional(self.db.pool())
+                    .await?;
+            if row.is_some_and(|(status,)| status == "succeeded") {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= timeout {
+                let mut tx = self.db.begin_write().await?;
+                sqlx::query("UPDATE scheduled_tasks SET status = 'cancelled' WHERE task_key = $1 AND status = 'pending'")
+                    .bind(&key)
+                    .execute(tx.conn())
+                    .await?;
+                tx.commit().await?;
+                return Err(Error::Unavailable(
+                    "no automation worker ran the ping task in time",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn list_tasks(&self, status: &str, limit: i64) -> Result<Vec<TaskView>> {
         tasks::list(&self.db, status, limit).await
     }

@@ -22,6 +22,8 @@ pub const TRIAL_SIGNUP: &str = "trial_signup";
 pub const VIP_SIGNUP: &str = "vip_signup";
 pub const MAINTENANCE: &str = "maintenance";
 pub const EXPIRE_TRIALS: &str = "expire_trials";
+/// A step that does nothing: a liveness probe for the workers.
+pub const NOOP: &str = "noop";
 
 /// The seed's `trial_signup`, step for step.
 pub const TRIAL_SIGNUP_STEPS: &[Step] = &[
@@ -95,5 +97,18 @@ pub fn sweep_task(now: Millis, period: Millis) -> NewTask {
         user_id: None,
         run_at: period_start,
         max_attempts: 3,
+    }
+}
+
+/// A no-op task, due now, under a fresh key.
+pub fn noop_task(now: Millis) -> NewTask {
+    NewTask {
+        key: format!("{MAINTENANCE}:{NOOP}:{}", uuid::Uuid::new_v4()),
+        workflow: MAINTENANCE,
+        step: NOOP,
+        payload: json!({}),
+        user_id: None,
+        run_at: now,
+        max_attempts: 1,
     }
 }
