@@ -15,11 +15,12 @@
     clippy::cast_precision_loss
 )]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
-use sqlx::{AnyConnection, Connection as _, Executor as _};
 use truevault_control_plane::automation::tasks::{self, NewTask};
 use truevault_control_plane::automation::{Automation, workflows};
 use truevault_control_plane::billing::trials;
@@ -29,6 +30,8 @@ use truevault_control_plane::secret::Secret;
 use truevault_control_plane::server;
 use truevault_control_plane::storage::{Db, placeholders};
 
+use support::{Flags, PgBench};
+
 struct Args {
     engines: Vec<&'static str>,
     tasks: usize,
@@ -37,31 +40,13 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        engines: vec!["sqlite", "postgres"],
-        tasks: 5_000,
-        mails: 2_000,
-        trials: 100_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--engine" => {
-                a.engines = match value().as_str() {
-                    "sqlite" => vec!["sqlite"],
-                    "postgres" => vec!["postgres"],
-                    _ => vec!["sqlite", "postgres"],
-                }
-            }
-            "--tasks" => a.tasks = value().parse().unwrap(),
-            "--mails" => a.mails = value().parse().unwrap(),
-            "--trials" => a.trials = value().parse().unwrap(),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
+    let f = Flags::parse(&["tasks", "mails", "trials"]);
+    Args {
+        engines: f.engines(),
+        tasks: f.usize("tasks", 5_000),
+        mails: f.usize("mails", 2_000),
+        trials: f.usize("trials", 100_000),
     }
-    a
 }
 
 /// Inserts `n` users with trials ending at `trial_ends`, 500 rows per statement.
@@ -147,20 +132,13 @@ async fn bench(engine: &'static str, a: &Args) -> Vec<String> {
         data_dir: dir.path().join("data"),
         ..Settings::default()
     };
-    let admin = std::env::var("TRUEVAULT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pg_name = format!("tv_bench_{}", uuid::Uuid::new_v4().simple());
-    if engine == "postgres" {
-        sqlx::any::install_default_drivers();
-        let mut conn = AnyConnection::connect(&admin).await.unwrap();
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_name}")))
-            .await
-            .unwrap();
-        settings.database_url = Some(Secret::new(format!(
-            "{}/{pg_name}",
-            admin.rsplit_once('/').unwrap().0
-        )));
-    }
+    let pg = if engine == "postgres" {
+        let pg = PgBench::create().await;
+        settings.database_url = Some(Secret::new(pg.url.clone()));
+        Some(pg)
+    } else {
+        None
+    };
     let db = server::open_database(&settings).await.unwrap();
     let automation = Automation::new(db.clone(), Arc::new(SystemClock), &settings).unwrap();
     let mut rows = Vec::new();
@@ -237,13 +215,8 @@ async fn bench(engine: &'static str, a: &Args) -> Vec<String> {
     ));
 
     db.close().await;
-    if engine == "postgres" {
-        let mut conn = AnyConnection::connect(&admin).await.unwrap();
-        conn.execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {pg_name} WITH (FORCE)"
-        )))
-        .await
-        .unwrap();
+    if let Some(pg) = pg {
+        pg.drop().await;
     }
     rows
 }

@@ -9,18 +9,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod support;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use serde_json::json;
-use sqlx::{AnyConnection, Connection as _, Executor as _};
 use truevault_control_plane::accounts::PasswordHasher;
 use truevault_control_plane::clock::SystemClock;
 use truevault_control_plane::config::Settings;
 use truevault_control_plane::secret::Secret;
 use truevault_control_plane::server::Server;
+
+use support::Flags;
 
 struct Args {
     engines: Vec<&'static str>,
@@ -32,35 +35,21 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        engines: vec!["sqlite", "postgres"],
-        registrations: 200,
-        logins: 200,
-        me: 20_000,
-        concurrency: 16,
-        me_concurrency: 32,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--engine" => {
-                a.engines = match value().as_str() {
-                    "sqlite" => vec!["sqlite"],
-                    "postgres" => vec!["postgres"],
-                    _ => vec!["sqlite", "postgres"],
-                }
-            }
-            "--registrations" => a.registrations = value().parse().unwrap(),
-            "--logins" => a.logins = value().parse().unwrap(),
-            "--me" => a.me = value().parse().unwrap(),
-            "--concurrency" => a.concurrency = value().parse().unwrap(),
-            "--me-concurrency" => a.me_concurrency = value().parse().unwrap(),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
+    let f = Flags::parse(&[
+        "registrations",
+        "logins",
+        "me",
+        "concurrency",
+        "me-concurrency",
+    ]);
+    Args {
+        engines: f.engines(),
+        registrations: f.usize("registrations", 200),
+        logins: f.usize("logins", 200),
+        me: f.usize("me", 20_000),
+        concurrency: f.usize("concurrency", 16),
+        me_concurrency: f.usize("me-concurrency", 32),
     }
-    a
 }
 
 struct Stats {
@@ -140,36 +129,6 @@ async fn argon2_alone(settings: &Settings) -> Vec<String> {
     ]
 }
 
-/// A throw-away PostgreSQL database for one engine run.
-struct PgBench {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl PgBench {
-    async fn create() -> Self {
-        sqlx::any::install_default_drivers();
-        let admin = std::env::var("TRUEVAULT_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let name = format!("tv_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = AnyConnection::connect(&admin)
-            .await
-            .expect("PostgreSQL for the benchmark");
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .unwrap();
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        Self { admin, name, url }
-    }
-
-    async fn drop(self) {
-        let mut conn = AnyConnection::connect(&self.admin).await.unwrap();
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        conn.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
-    }
-}
-
 async fn bench_engine(engine: &'static str, a: &Args) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings {
@@ -180,7 +139,7 @@ async fn bench_engine(engine: &'static str, a: &Args) -> Vec<String> {
         ..Settings::default()
     };
     let pg = if engine == "postgres" {
-        let pg = PgBench::create().await;
+        let pg = support::PgBench::create().await;
         settings.database_url = Some(Secret::new(pg.url.clone()));
         Some(pg)
     } else {

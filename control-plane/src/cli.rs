@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::accounts::{Role, VipInput};
 use crate::audit::Actor;
+use crate::automation::tasks::TaskAction;
 use crate::automation::{Automation, UserRef};
 use crate::clock::SystemClock;
 use crate::config::{Overrides, Settings};
@@ -198,11 +199,17 @@ async fn admin(
             out(&json(&automation.list_tasks(status, *limit).await?)?);
         }
         AdminCommand::Tasks(TasksCommand::Retry { id }) => {
-            out(&json(&automation.retry_task(*id, Actor::Cli, None).await?)?);
+            out(&json(
+                &automation
+                    .act_on_task(*id, TaskAction::Retry, Actor::Cli, None)
+                    .await?,
+            )?);
         }
         AdminCommand::Tasks(TasksCommand::Cancel { id }) => {
             out(&json(
-                &automation.cancel_task(*id, Actor::Cli, None).await?,
+                &automation
+                    .act_on_task(*id, TaskAction::Cancel, Actor::Cli, None)
+                    .await?,
             )?);
         }
         AdminCommand::Tasks(TasksCommand::Ping { timeout_secs }) => {

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::accounts::{ClientInfo, VipEntry, VipInput};
 use crate::audit::{self, Actor, AuditRecord};
 use crate::automation::UserRef;
-use crate::automation::tasks::TaskView;
+use crate::automation::tasks::{TaskAction, TaskView};
 use crate::billing::trials::TrialExtension;
 use crate::error::Error;
 
@@ -135,7 +135,7 @@ pub async fn retry_task(
 ) -> Result<Json<TaskView>, Error> {
     state
         .automation()
-        .retry_task(id, Actor::User(admin.user_id), client.ip)
+        .act_on_task(id, TaskAction::Retry, Actor::User(admin.user_id), client.ip)
         .await
         .map(Json)
 }
@@ -150,7 +150,12 @@ pub async fn cancel_task(
 ) -> Result<Json<TaskView>, Error> {
     state
         .automation()
-        .cancel_task(id, Actor::User(admin.user_id), client.ip)
+        .act_on_task(
+            id,
+            TaskAction::Cancel,
+            Actor::User(admin.user_id),
+            client.ip,
+        )
         .await
         .map(Json)
 }

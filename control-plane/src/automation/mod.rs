@@ -30,7 +30,7 @@ use crate::storage::Db;
 
 use self::render::MailRenderer;
 use self::steps::StepContext;
-use self::tasks::{ClaimedTask, TaskView};
+use self::tasks::{ClaimedTask, TaskAction, TaskView};
 use self::transport::MailTransport;
 
 /// How a claimed task ended.
@@ -365,33 +365,22 @@ impl Automation {
         tasks::list(&self.db, status, limit).await
     }
 
-    pub async fn retry_task(&self, id: i64, actor: Actor, ip: Option<IpAddr>) -> Result<TaskView> {
-        self.operate_task(id, actor, ip, "task.retried").await
-    }
-
-    pub async fn cancel_task(&self, id: i64, actor: Actor, ip: Option<IpAddr>) -> Result<TaskView> {
-        self.operate_task(id, actor, ip, "task.cancelled").await
-    }
-
-    async fn operate_task(
+    /// Retries or cancels a task, as an operator; audited.
+    pub async fn act_on_task(
         &self,
         id: i64,
+        action: TaskAction,
         actor: Actor,
         ip: Option<IpAddr>,
-        action: &'static str,
     ) -> Result<TaskView> {
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
-        let task = if action == "task.retried" {
-            tasks::retry(tx.conn(), id, now).await?
-        } else {
-            tasks::cancel(tx.conn(), id, now).await?
-        };
+        let task = tasks::act(tx.conn(), id, action, now).await?;
         audit::record(
             tx.conn(),
             audit::Entry {
                 actor,
-                action,
+                action: action.audit_action(),
                 target_type: Some("task"),
                 target_id: Some(id.to_string()),
                 details: serde_json::json!({ "key": task.key }),

@@ -324,47 +324,57 @@ pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<TaskView> {
     row.map(view).ok_or(Error::NotFound("task"))
 }
 
-/// A dead or cancelled task runs again now, with a fresh set of attempts.
-pub async fn retry(conn: &mut AnyConnection, id: i64, now: Millis) -> Result<TaskView> {
-    let n = sqlx::query(
-        "UPDATE scheduled_tasks SET status = 'pending', attempts = 0, run_at = $1, updated_at = $1
-         WHERE id = $2 AND status IN ('dead', 'cancelled')",
-    )
-    .bind(now)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    let task = get(conn, id).await?;
-    if n == 0 {
-        return Err(Error::conflict(
-            "task_not_retryable",
-            format!(
-                "only dead or cancelled tasks can be retried; this one is {}",
-                task.status
-            ),
-        ));
-    }
-    Ok(task)
+/// What an operator can do to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskAction {
+    /// A dead or cancelled task runs again now, with a fresh set of attempts.
+    Retry,
+    /// A pending or dead task will not run.
+    Cancel,
 }
 
-/// A pending or dead task will not run.
-pub async fn cancel(conn: &mut AnyConnection, id: i64, now: Millis) -> Result<TaskView> {
-    let n = sqlx::query(
-        "UPDATE scheduled_tasks SET status = 'cancelled', updated_at = $1
-         WHERE id = $2 AND status IN ('pending', 'dead')",
-    )
-    .bind(now)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    let task = get(conn, id).await?;
-    if n == 0 {
-        return Err(Error::conflict(
+impl TaskAction {
+    pub fn audit_action(self) -> &'static str {
+        match self {
+            Self::Retry => "task.retried",
+            Self::Cancel => "task.cancelled",
+        }
+    }
+}
+
+/// Applies an operator's action; a task in a state the action does not apply to is a 409.
+pub async fn act(
+    conn: &mut AnyConnection,
+    id: i64,
+    action: TaskAction,
+    now: Millis,
+) -> Result<TaskView> {
+    let (sql, allowed, code) = match action {
+        TaskAction::Retry => (
+            "UPDATE scheduled_tasks SET status = 'pending', attempts = 0, run_at = $1, updated_at = $1
+             WHERE id = $2 AND status IN ('dead', 'cancelled')",
+            "dead or cancelled",
+            "task_not_retryable",
+        ),
+        TaskAction::Cancel => (
+            "UPDATE scheduled_tasks SET status = 'cancelled', updated_at = $1
+             WHERE id = $2 AND status IN ('pending', 'dead')",
+            "pending or dead",
             "task_not_cancellable",
+        ),
+    };
+    let changed = sqlx::query(sql)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let task = get(conn, id).await?;
+    if changed == 0 {
+        return Err(Error::conflict(
+            code,
             format!(
-                "only pending or dead tasks can be cancelled; this one is {}",
+                "this applies only to {allowed} tasks; this one is {}",
                 task.status
             ),
         ));
