@@ -11,11 +11,12 @@ use crate::accounts::{Role, VipInput};
 use crate::audit::Actor;
 use crate::automation::tasks::TaskAction;
 use crate::automation::{Automation, UserRef};
-use crate::clock::SystemClock;
+use crate::clock::{Clock as _, SystemClock};
 use crate::config::{Overrides, Settings};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::server::{self, Server};
+use crate::servers::{self, ServerInput};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,6 +91,9 @@ enum AdminCommand {
     /// Inspect and repair scheduled tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Manage VPN servers.
+    #[command(subcommand)]
+    Servers(ServersCommand),
     /// Extend a running trial (the seed's "reply SAVE"): moves its end and pending steps.
     ExtendTrial {
         #[arg(long)]
@@ -97,6 +101,40 @@ enum AdminCommand {
         #[arg(long)]
         days: i64,
     },
+}
+
+// Parsed once per process; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum ServersCommand {
+    /// List every server.
+    List,
+    /// Add a server (shared unless --dedicated-user-id is given).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        endpoint_host: String,
+        #[arg(long)]
+        endpoint_port: Option<u16>,
+        /// The server's WireGuard public key.
+        #[arg(long)]
+        public_key: Option<String>,
+        #[arg(long)]
+        country: Option<String>,
+        #[arg(long)]
+        ipv4_subnet: Option<String>,
+        #[arg(long)]
+        ipv6_subnet: Option<String>,
+        #[arg(long)]
+        dedicated_user_id: Option<i64>,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Stop placing devices on a server.
+    Retire { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +258,44 @@ async fn admin(
                 "a worker ran the ping task in {} ms",
                 took.as_millis()
             ));
+        }
+        AdminCommand::Servers(ServersCommand::List) => {
+            out(&json(&servers::list(accounts.db()).await?)?);
+        }
+        AdminCommand::Servers(ServersCommand::Add {
+            name,
+            region,
+            endpoint_host,
+            endpoint_port,
+            public_key,
+            country,
+            ipv4_subnet,
+            ipv6_subnet,
+            dedicated_user_id,
+            status,
+        }) => {
+            let input = ServerInput {
+                name: Some(name.clone()),
+                region: Some(region.clone()),
+                country: country.clone(),
+                endpoint_host: Some(endpoint_host.clone()),
+                endpoint_port: *endpoint_port,
+                public_key: public_key.clone(),
+                ipv4_subnet: ipv4_subnet.clone(),
+                ipv6_subnet: ipv6_subnet.clone(),
+                server_type: dedicated_user_id.map(|_| "dedicated".to_owned()),
+                dedicated_user_id: *dedicated_user_id,
+                status: status.clone(),
+            };
+            let server =
+                servers::create(accounts.db(), input, Actor::Cli, None, SystemClock.now_ms())
+                    .await?;
+            out(&json(&server)?);
+        }
+        AdminCommand::Servers(ServersCommand::Retire { id }) => {
+            let server =
+                servers::retire(accounts.db(), *id, Actor::Cli, None, SystemClock.now_ms()).await?;
+            out(&json(&server)?);
         }
         AdminCommand::ExtendTrial { email, days } => {
             let extension = automation

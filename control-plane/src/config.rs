@@ -78,6 +78,10 @@ pub struct Settings {
     pub trial_sweep_interval_secs: u64,
     /// Regions in order of preference; a trial's one regional identity is in the first.
     pub regions: Vec<String>,
+    /// DNS servers written into client configs.
+    pub client_dns: Vec<String>,
+    /// How long a released tunnel address rests before another device may get it.
+    pub address_quarantine_hours: u64,
 }
 
 /// How the SMTP connection is secured.
@@ -149,6 +153,8 @@ impl Default for Settings {
             ]
             .map(str::to_owned)
             .to_vec(),
+            client_dns: vec!["1.1.1.1".to_owned(), "1.0.0.1".to_owned()],
+            address_quarantine_hours: 24,
         }
     }
 }
@@ -282,6 +288,9 @@ impl Settings {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
             }
+        }
+        if self.client_dns.iter().any(|d| d.parse::<IpAddr>().is_err()) {
+            problems.push("client_dns must list IP addresses".to_owned());
         }
         if self.regions.is_empty() || self.regions.iter().any(|r| r.trim().is_empty()) {
             problems.push("regions must list at least one region, none empty".to_owned());

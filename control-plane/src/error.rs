@@ -45,6 +45,14 @@ pub enum Error {
     Unauthenticated(&'static str),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Not allowed by the account's plan or state; `extra` carries the facts a client needs to
+    /// explain it (e.g. `current_devices`, `max_devices`, `upgrade_required`).
+    #[error("{message}")]
+    Refused {
+        code: &'static str,
+        message: String,
+        extra: serde_json::Map<String, serde_json::Value>,
+    },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("method not allowed")]
@@ -93,7 +101,9 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Validation(_) => "validation_failed",
-            Self::InvalidRequest { code, .. } | Self::Conflict { code, .. } => code,
+            Self::InvalidRequest { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Refused { code, .. } => code,
             Self::MalformedJson(_) => "malformed_json",
             Self::UnknownField(_) => "unknown_field",
             Self::InvalidBody(_) => "invalid_body",

@@ -20,6 +20,7 @@ pub mod identities;
 pub mod metrics;
 pub mod secret;
 pub mod server;
+pub mod servers;
 pub mod storage;
 
 pub use error::{Error, Result};

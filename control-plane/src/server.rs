@@ -14,6 +14,7 @@ use crate::api::{self, AppState, HttpSettings};
 use crate::automation::Automation;
 use crate::clock::SharedClock;
 use crate::config::Settings;
+use crate::devices::Devices;
 use crate::error::{Error, Result};
 use crate::fsutil::create_private_dir;
 use crate::storage::Db;
@@ -52,9 +53,12 @@ impl Server {
     pub async fn bind(settings: &Settings, clock: SharedClock) -> Result<Self> {
         let db = open_database(settings).await?;
         let automation = Arc::new(Automation::new(db.clone(), Arc::clone(&clock), settings)?);
+        let devices = Devices::new(db.clone(), Arc::clone(&clock), settings);
         let state = AppState::new(
-            accounts(db, settings, clock)?,
+            accounts(db, settings, Arc::clone(&clock))?,
             automation,
+            devices,
+            clock,
             &http_settings(settings),
         );
         let timeout = Duration::from_secs(settings.request_timeout_secs);

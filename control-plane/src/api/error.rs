@@ -27,6 +27,10 @@ pub struct ErrorObject {
     pub message: String,
     /// Per-field problems (for `validation_failed`); empty otherwise.
     pub details: Vec<FieldError>,
+    /// Facts about a refusal, e.g. `max_devices` and `upgrade_required` for `device_limit_reached`.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn status_of(err: &Error) -> StatusCode {
@@ -39,7 +43,7 @@ fn status_of(err: &Error) -> StatusCode {
         Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::InvalidCredentials | Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::Forbidden(_) | Error::Refused { .. } => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Error::Conflict { .. } => StatusCode::CONFLICT,
@@ -71,9 +75,10 @@ impl IntoResponse for Error {
         };
         let unauthenticated = matches!(self, Error::Unauthenticated(_) | Error::InvalidCredentials);
         let code = self.code();
-        let details = match self {
-            Error::Validation(list) => list,
-            _ => Vec::new(),
+        let (details, extra) = match self {
+            Error::Validation(list) => (list, serde_json::Map::new()),
+            Error::Refused { extra, .. } => (Vec::new(), extra),
+            _ => (Vec::new(), serde_json::Map::new()),
         };
         let mut response = (
             status,
@@ -82,6 +87,7 @@ impl IntoResponse for Error {
                     code,
                     message,
                     details,
+                    extra,
                 },
             }),
         )

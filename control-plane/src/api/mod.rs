@@ -2,7 +2,9 @@
 //! result; everything else (errors, auth, limits, metrics) is shared here.
 
 mod admin;
+mod admin_fleet;
 mod auth;
+mod devices;
 pub mod error;
 mod extract;
 mod me;
@@ -25,6 +27,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::accounts::Accounts;
 use crate::automation::Automation;
+use crate::clock::SharedClock;
+use crate::devices::Devices;
 use crate::error::Error;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::storage::Db;
@@ -39,6 +43,8 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     accounts: Accounts,
     automation: Arc<Automation>,
+    devices: Devices,
+    clock: SharedClock,
     db: Db,
     metrics: Metrics,
     auth_limiter: RateLimiter,
@@ -57,11 +63,19 @@ pub struct HttpSettings {
 }
 
 impl AppState {
-    pub fn new(accounts: Accounts, automation: Arc<Automation>, settings: &HttpSettings) -> Self {
+    pub fn new(
+        accounts: Accounts,
+        automation: Arc<Automation>,
+        devices: Devices,
+        clock: SharedClock,
+        settings: &HttpSettings,
+    ) -> Self {
         let db = accounts.db().clone();
         Self(Arc::new(Inner {
             accounts,
             automation,
+            devices,
+            clock,
             db,
             metrics: Metrics::default(),
             auth_limiter: RateLimiter::new(
@@ -81,6 +95,18 @@ impl AppState {
         &self.0.automation
     }
 
+    pub fn devices(&self) -> &Devices {
+        &self.0.devices
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.0.db
+    }
+
+    pub(crate) fn now(&self) -> crate::clock::Millis {
+        self.0.clock.now_ms()
+    }
+
     pub(crate) fn max_body_bytes(&self) -> usize {
         self.0.max_body_bytes
     }
@@ -91,7 +117,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let api = Router::new()
         .nest("/auth", auth::routes(state.clone()))
         .merge(me::routes())
-        .nest("/admin", admin::routes());
+        .merge(devices::routes())
+        .nest("/admin", admin::routes().merge(admin_fleet::routes()));
     Router::new()
         .nest("/api/v1", api)
         .merge(ops::routes())

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, error, me};
+use super::{admin, admin_fleet, auth, devices, error, me};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -14,10 +14,15 @@ use super::{admin, auth, error, me};
         me::me, me::rotate_scanner_token, me::identities,
         admin::list_vips, admin::upsert_vip, admin::remove_vip, admin::list_audit,
         admin::list_tasks, admin::retry_task, admin::cancel_task, admin::extend_trial,
+        devices::list_plans, devices::list_servers, devices::validate_promo, devices::list_devices,
+        devices::create_device, devices::rename_device, devices::delete_device, devices::rotate_key,
+        devices::device_config, devices::device_qr_png, devices::device_qr_svg,
+        admin_fleet::list_servers, admin_fleet::add_server, admin_fleet::retire_server,
+        admin_fleet::update_plan, admin_fleet::change_plan, admin_fleet::suspend, admin_fleet::restore,
     ),
     components(schemas(error::ErrorBody, error::ErrorObject)),
     modifiers(&BearerAuth),
-    tags((name = "auth"), (name = "account"), (name = "admin")),
+    tags((name = "auth"), (name = "account"), (name = "devices"), (name = "billing"), (name = "admin")),
 )]
 pub struct ApiDoc;
 

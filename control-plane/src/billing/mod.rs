@@ -1,4 +1,6 @@
 //! Billing: plans, subscriptions and trials (payments and invoices come with the payment
 //! provider).
 
+pub mod plans;
+pub mod promo;
 pub mod trials;

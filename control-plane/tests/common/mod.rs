@@ -419,6 +419,67 @@ impl TestApp {
         n
     }
 
+    /// Adds an online shared server (as an operator would) and returns its view.
+    pub async fn add_server(&self, name: &str, region: &str, public_key_byte: u8) -> Value {
+        let admin = self.admin_token().await;
+        let key = base64_key(public_key_byte);
+        let (status, body) = self
+            .post_auth(
+                "/api/v1/admin/servers",
+                &admin,
+                Some(json!({
+                    "name": name, "region": region, "endpoint_host": format!("{name}.example.com"),
+                    "public_key": key, "ipv4_subnet": "10.8.0.0/16", "ipv6_subnet": "fd00:1:2:3::/64",
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// Registers a user and returns (user id, access token).
+    pub async fn customer(&self, email: &str) -> (i64, String) {
+        let body = self.register(email).await;
+        (
+            body["user"]["id"].as_i64().unwrap(),
+            body["access_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Puts a user on a plan through the admin API.
+    pub async fn set_plan(&self, user_id: i64, plan: &str) {
+        let admin = self.admin_token().await;
+        let (status, body) = self
+            .post_auth(
+                &format!("/api/v1/admin/users/{user_id}/plan"),
+                &admin,
+                Some(json!({ "plan": plan })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+
+    /// Peer changes recorded for a server: (revision, op, public key, old key, reason).
+    pub async fn peer_changes(
+        &self,
+        server_id: i64,
+    ) -> Vec<(i64, String, String, Option<String>, String)> {
+        sqlx::query_as(
+            "SELECT revision, op, public_key, old_public_key, reason FROM peer_changes WHERE server_id = $1 ORDER BY revision",
+        )
+        .bind(server_id)
+        .fetch_all(self.db().pool())
+        .await
+        .unwrap()
+    }
+
+    /// An access token for a user, via a fresh login (after clock jumps, or for bulk users).
+    pub async fn token_for(&self, email: &str) -> String {
+        let (status, body) = self.login(email, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// An admin account (made the way an operator does) and its access token.
     pub async fn admin_token(&self) -> String {
         let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
@@ -453,6 +514,12 @@ pub async fn split(resp: reqwest::Response) -> (StatusCode, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     (status, body)
+}
+
+/// A valid WireGuard public key made of one repeated byte.
+pub fn base64_key(byte: u8) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode([byte; 32])
 }
 
 pub fn error_code(body: &Value) -> &str {

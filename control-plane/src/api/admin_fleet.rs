@@ -1,0 +1,165 @@
+//! Operator routes for servers, plans, and a user's plan or suspension. Audited.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::accounts::ClientInfo;
+use crate::audit::Actor;
+use crate::billing::plans::{self, Plan, PlanUpdate};
+use crate::error::Error;
+use crate::servers::{self, ServerInput, ServerView};
+
+use super::AppState;
+use super::error::{ApiJson, ErrorBody};
+use super::extract::AdminCaller;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/servers", get(list_servers).post(add_server))
+        .route("/servers/{id}/retire", post(retire_server))
+        .route("/plans/{code}", patch(update_plan))
+        .route("/users/{id}/plan", post(change_plan))
+        .route("/users/{id}/suspend", post(suspend))
+        .route("/users/{id}/restore", post(restore))
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/servers", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ServerView>)))]
+pub async fn list_servers(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Vec<ServerView>>, Error> {
+    servers::list(state.db()).await.map(Json)
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/servers", tag = "admin", security(("bearer" = [])), request_body = ServerInput,
+    responses((status = 201, body = ServerView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn add_server(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    ApiJson(input): ApiJson<ServerInput>,
+) -> Result<(StatusCode, Json<ServerView>), Error> {
+    let server = servers::create(
+        state.db(),
+        input,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(server)))
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/servers/{id}/retire", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 200, body = ServerView), (status = 409, body = ErrorBody)))]
+pub async fn retire_server(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<Json<ServerView>, Error> {
+    servers::retire(
+        state.db(),
+        id,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await
+    .map(Json)
+}
+
+#[utoipa::path(patch, path = "/api/v1/admin/plans/{code}", tag = "admin", security(("bearer" = [])),
+    params(("code" = String, Path)), request_body = PlanUpdate, responses((status = 200, body = Plan)))]
+pub async fn update_plan(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(code): Path<String>,
+    ApiJson(input): ApiJson<PlanUpdate>,
+) -> Result<Json<Plan>, Error> {
+    plans::update(
+        state.db(),
+        &code,
+        input,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await
+    .map(Json)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChange {
+    pub plan: String,
+}
+
+/// Put a user on a plan: converts a trial; a lower limit disables the newest devices.
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/plan", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), request_body = PlanChange, responses((status = 204), (status = 400, body = ErrorBody)))]
+pub async fn change_plan(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+    ApiJson(input): ApiJson<PlanChange>,
+) -> Result<StatusCode, Error> {
+    plans::admin_change_plan(
+        state.db(),
+        id,
+        &input.plan,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Suspend an account: its devices leave their servers and its sessions end.
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/suspend", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 204), (status = 409, body = ErrorBody)))]
+pub async fn suspend(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, Error> {
+    plans::admin_set_suspended(
+        state.db(),
+        id,
+        true,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/restore", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 204), (status = 409, body = ErrorBody)))]
+pub async fn restore(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, Error> {
+    plans::admin_set_suspended(
+        state.db(),
+        id,
+        false,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,241 @@
+//! What a user may have connected: the seed's `checkTrialLimits`, read inside the transaction
+//! that acts on it, and the reconciliation that makes devices match it after any change of
+//! plan or state (oldest devices stay, the newest over the limit are disabled, and every
+//! disabled or re-enabled device is a peer change for its server).
+
+use serde_json::{Map, Value, json};
+use sqlx::AnyConnection;
+
+use crate::clock::Millis;
+use crate::error::{Error, Result};
+use crate::storage::placeholders;
+
+use super::peers::{self, Op, PeerChange};
+
+#[derive(Debug)]
+pub enum Entitlement {
+    /// A VIP, or a plan without a device limit.
+    Unlimited {
+        is_vip: bool,
+    },
+    Limited(i64),
+    /// No device may be connected; the error explains why.
+    Denied(Error),
+}
+
+impl Entitlement {
+    pub fn allowed(&self) -> Option<i64> {
+        match self {
+            Self::Unlimited { .. } => None,
+            Self::Limited(n) => Some(*n),
+            Self::Denied(_) => Some(0),
+        }
+    }
+}
+
+fn refused(code: &'static str, message: &str, extra: Value) -> Error {
+    let extra = match extra {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    Error::Refused {
+        code,
+        message: message.to_owned(),
+        extra,
+    }
+}
+
+type Row = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+pub async fn entitlement(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    now: Millis,
+) -> Result<Entitlement> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT u.status, u.vip_tier, s.plan_type, s.status, s.trial_ends, p.max_devices
+         FROM users u
+         LEFT JOIN subscriptions s ON s.id = (SELECT MAX(id) FROM subscriptions WHERE user_id = u.id)
+         LEFT JOIN plans p ON p.code = s.plan_type
+         WHERE u.id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    let Some((user_status, vip, plan, status, trial_ends, max_devices)) = row else {
+        return Err(Error::NotFound("user"));
+    };
+    if user_status != "active" {
+        return Ok(Entitlement::Denied(refused(
+            "account_suspended",
+            "This account is suspended.",
+            json!({}),
+        )));
+    }
+    if vip.is_some() {
+        return Ok(Entitlement::Unlimited { is_vip: true });
+    }
+    let (Some(plan), Some(status)) = (plan, status) else {
+        return Ok(Entitlement::Denied(refused(
+            "no_subscription",
+            "No subscription found.",
+            json!({}),
+        )));
+    };
+    let trial_over =
+        plan == "trial" && (status == "expired" || trial_ends.is_some_and(|end| end <= now));
+    if trial_over {
+        return Ok(Entitlement::Denied(refused(
+            "trial_expired",
+            "Your free trial has expired. Please upgrade to continue.",
+            json!({ "trial_expired": true, "upgrade_required": true, "upgrade_url": "/dashboard/billing" }),
+        )));
+    }
+    if !["trial", "active", "past_due"].contains(&status.as_str()) {
+        return Ok(Entitlement::Denied(refused(
+            "subscription_inactive",
+            &format!("Your subscription is {status}. Renew it to connect devices."),
+            json!({ "subscription_status": status, "upgrade_required": true }),
+        )));
+    }
+    Ok(match max_devices {
+        None => Entitlement::Unlimited { is_vip: false },
+        Some(n) => Entitlement::Limited(n),
+    })
+}
+
+/// Devices that count against the limit (everything not disabled).
+pub async fn active_devices(conn: &mut AnyConnection, user_id: i64) -> Result<i64> {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM devices WHERE user_id = $1 AND status <> 'disabled'")
+            .bind(user_id)
+            .fetch_one(conn)
+            .await?;
+    Ok(n)
+}
+
+pub fn limit_reached(current: i64, max: i64) -> Error {
+    refused(
+        "device_limit_reached",
+        &format!("Device limit reached ({max}). Upgrade to add more devices."),
+        json!({ "current_devices": current, "max_devices": max, "upgrade_required": true }),
+    )
+}
+
+type DeviceRow = (i64, i64, String, String, Option<String>, String);
+
+fn allowed_ips(ipv4: &str, ipv6: Option<&str>) -> String {
+    match ipv6 {
+        Some(v6) => format!("{ipv4}/32, {v6}/128"),
+        None => format!("{ipv4}/32"),
+    }
+}
+
+/// Makes a user's devices match their entitlement. Returns (disabled, re-enabled).
+pub async fn reconcile(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    reason: &'static str,
+    now: Millis,
+) -> Result<(u64, u64)> {
+    let allowed = entitlement(&mut *conn, user_id, now).await?.allowed();
+    let devices: Vec<DeviceRow> = sqlx::query_as(
+        "SELECT id, server_id, public_key, ipv4_address, ipv6_address, status FROM devices
+         WHERE user_id = $1 ORDER BY created_at, id",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let keep = allowed.map_or(devices.len(), |n| usize::try_from(n).unwrap_or(0));
+    let mut changes = Vec::new();
+    let (mut disabled, mut enabled) = (0, 0);
+    for (i, (id, server_id, key, ipv4, ipv6, status)) in devices.into_iter().enumerate() {
+        let should_run = i < keep;
+        let running = status != "disabled";
+        if should_run == running {
+            continue;
+        }
+        let (new_status, disabled_reason, op) = if should_run {
+            enabled += 1;
+            ("pending", None, Op::Upsert)
+        } else {
+            disabled += 1;
+            ("disabled", Some(reason), Op::Remove)
+        };
+        sqlx::query(
+            "UPDATE devices SET status = $1, disabled_reason = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(new_status)
+        .bind(disabled_reason)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+        changes.push(PeerChange {
+            server_id,
+            op,
+            device_id: Some(id),
+            allowed_ips: should_run.then(|| allowed_ips(&ipv4, ipv6.as_deref())),
+            public_key: key,
+            old_public_key: None,
+            reason,
+        });
+    }
+    peers::record(conn, &changes, now).await?;
+    Ok((disabled, enabled))
+}
+
+/// Disables every enabled device of these users (e.g. expired trials), recording a peer
+/// removal for each. The one path by which access ends in bulk.
+pub async fn disable_all_for_users(
+    conn: &mut AnyConnection,
+    user_ids: &[i64],
+    reason: &'static str,
+    now: Millis,
+) -> Result<u64> {
+    if user_ids.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "SELECT id, server_id, public_key FROM devices WHERE status <> 'disabled' AND user_id IN ({}) ORDER BY id",
+        placeholders(1, user_ids.len())
+    );
+    let mut q = sqlx::query_as::<_, (i64, i64, String)>(sqlx::AssertSqlSafe(sql));
+    for id in user_ids {
+        q = q.bind(*id);
+    }
+    let devices = q.fetch_all(&mut *conn).await?;
+    if devices.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "UPDATE devices SET status = 'disabled', disabled_reason = $1, updated_at = $2 WHERE id IN ({})",
+        placeholders(3, devices.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(reason).bind(now);
+    for (id, _, _) in &devices {
+        q = q.bind(*id);
+    }
+    q.execute(&mut *conn).await?;
+    let changes: Vec<PeerChange> = devices
+        .into_iter()
+        .map(|(id, server_id, public_key)| PeerChange {
+            server_id,
+            op: Op::Remove,
+            device_id: Some(id),
+            public_key,
+            old_public_key: None,
+            allowed_ips: None,
+            reason,
+        })
+        .collect();
+    peers::record(conn, &changes, now).await?;
+    Ok(u64::try_from(changes.len()).unwrap_or(0))
+}

@@ -1,0 +1,87 @@
+//! The per-server peer-change log. Every change to what a node should have installed is a row
+//! with the server's next revision (revisions only grow); the node channel streams them.
+
+use std::collections::BTreeMap;
+
+use sqlx::AnyConnection;
+
+use crate::clock::Millis;
+use crate::error::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Upsert,
+    Remove,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Upsert => "upsert",
+            Self::Remove => "remove",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerChange {
+    pub server_id: i64,
+    pub op: Op,
+    pub device_id: Option<i64>,
+    pub public_key: String,
+    /// On a key rotation's upsert: the key the node must remove.
+    pub old_public_key: Option<String>,
+    pub allowed_ips: Option<String>,
+    pub reason: &'static str,
+}
+
+/// Records changes: one revision bump per server for the whole set, then the rows in order.
+/// Returns the revision of each change, in input order.
+pub async fn record(
+    conn: &mut AnyConnection,
+    changes: &[PeerChange],
+    now: Millis,
+) -> Result<Vec<i64>> {
+    let mut per_server: BTreeMap<i64, i64> = BTreeMap::new();
+    for c in changes {
+        *per_server.entry(c.server_id).or_default() += 1;
+    }
+    // Servers in id order, so concurrent transactions lock them in the same order.
+    let mut next: BTreeMap<i64, i64> = BTreeMap::new();
+    for (&server_id, &count) in &per_server {
+        let (last,): (i64,) = sqlx::query_as(
+            "UPDATE vpn_servers SET config_revision = config_revision + $1, updated_at = $2 WHERE id = $3
+             RETURNING config_revision",
+        )
+        .bind(count)
+        .bind(now)
+        .bind(server_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        next.insert(server_id, last - count + 1);
+    }
+    let mut revisions = Vec::with_capacity(changes.len());
+    for c in changes {
+        let revision = next.get_mut(&c.server_id).map_or(0, |r| {
+            *r += 1;
+            *r - 1
+        });
+        sqlx::query(
+            "INSERT INTO peer_changes (server_id, revision, op, device_id, public_key, old_public_key, allowed_ips, reason, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(c.server_id)
+        .bind(revision)
+        .bind(c.op.as_str())
+        .bind(c.device_id)
+        .bind(&c.public_key)
+        .bind(c.old_public_key.as_deref())
+        .bind(c.allowed_ips.as_deref())
+        .bind(c.reason)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        revisions.push(revision);
+    }
+    Ok(revisions)
+}

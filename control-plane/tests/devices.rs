@@ -1,0 +1,654 @@
+//! Devices: plan limits, VIP bypass, expired trials, missing subscriptions, key validation,
+//! rename, delete and rotation (each with its peer changes and revisions), configs and QR
+//! codes, plan changes and suspension, and the concurrency invariants.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Engine, TestApp, base64_key, error_code};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+engine_tests!(
+    each_plan_allows_its_number_of_devices_and_vips_are_unlimited,
+    expired_trials_and_missing_subscriptions_are_refused,
+    bad_keys_and_names_are_refused_and_change_nothing,
+    rename_delete_and_rotate_record_their_peer_changes,
+    the_config_matches_the_golden_file_and_its_qr_code_decodes_to_it,
+    downgrade_expiry_and_suspension_remove_every_affected_peer,
+    twenty_concurrent_adds_on_a_three_device_plan_give_three,
+    two_hundred_concurrent_adds_on_one_server_get_distinct_addresses,
+    a_promo_code_with_five_uses_is_used_exactly_five_times,
+);
+
+async fn add(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
+    app.post_auth("/api/v1/devices", token, Some(body)).await
+}
+
+async fn each_plan_allows_its_number_of_devices_and_vips_are_unlimited(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let mut key = 10u8;
+    for (plan, max) in [
+        ("trial", Some(1)),
+        ("personal", Some(3)),
+        ("family", None),
+        ("business", None),
+    ] {
+        let email = format!("{plan}@example.com");
+        let (user_id, token) = app.customer(&email).await;
+        if plan != "trial" {
+            app.set_plan(user_id, plan).await;
+        }
+        let allowed = max.unwrap_or(6);
+        for i in 0..allowed {
+            key += 1;
+            let (status, body) = add(
+                &app,
+                &token,
+                json!({ "public_key": base64_key(key), "name": format!("d{i}") }),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{plan} device {i}: {body}");
+            assert_eq!(body["max_devices"], max.map_or(Value::Null, Value::from));
+            assert_eq!(body["current_devices"], i + 1);
+            assert_eq!(
+                body["remaining"],
+                max.map_or(Value::Null, |m| Value::from(m - i - 1))
+            );
+            assert_eq!(body["device"]["status"], "pending");
+            assert!(body["private_key"].is_null(), "the client kept its key");
+        }
+        key += 1;
+        let (status, body) = add(&app, &token, json!({ "public_key": base64_key(key) })).await;
+        if let Some(max) = max {
+            assert_eq!(status, StatusCode::FORBIDDEN, "{plan}: {body}");
+            assert_eq!(error_code(&body), "device_limit_reached");
+            assert_eq!(
+                (
+                    body["error"]["current_devices"].as_i64(),
+                    body["error"]["max_devices"].as_i64()
+                ),
+                (Some(max), Some(max))
+            );
+            assert_eq!(body["error"]["upgrade_required"], true);
+        } else {
+            assert_eq!(status, StatusCode::CREATED, "{plan} is unlimited");
+        }
+    }
+    // A VIP bypasses every limit (here on a verified, listed address).
+    let admin = app.admin_token().await;
+    app.post_auth(
+        "/api/v1/admin/vip",
+        &admin,
+        Some(json!({ "email": "vip@example.com", "tier": "vip_basic" })),
+    )
+    .await;
+    let (_, token) = app.customer("vip@example.com").await;
+    let verify = app
+        .token_from_mail("vip@example.com", "verify_email", "verify_url")
+        .await;
+    app.post("/api/v1/auth/verify-email", json!({ "token": verify }))
+        .await;
+    for i in 0..4u8 {
+        let (status, body) = add(&app, &token, json!({ "public_key": base64_key(200 + i) })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["is_vip"], true);
+        assert!(
+            body["device"]["name"].as_str().unwrap().contains('-'),
+            "a two-word name"
+        );
+    }
+    // Every device added is one upsert at the next revision.
+    let changes = app.peer_changes(server_id).await;
+    let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM devices")
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(changes.len() as i64, devices);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.1 == "upsert" && c.4 == "device_added")
+    );
+    let revisions: Vec<i64> = changes.iter().map(|c| c.0).collect();
+    assert_eq!(revisions, (1..=devices).collect::<Vec<_>>());
+    let (revision,): (i64,) = sqlx::query_as("SELECT config_revision FROM vpn_servers")
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(revision, devices);
+}
+
+async fn expired_trials_and_missing_subscriptions_are_refused(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_server("vpn1", "us-east", 1).await;
+    let (_, _) = app.customer("late@example.com").await;
+    app.advance(Duration::from_secs(8 * 24 * 3600));
+    let token = app.token_for("late@example.com").await;
+    let (status, body) = add(&app, &token, json!({ "public_key": base64_key(9) })).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(error_code(&body), "trial_expired");
+    assert_eq!(body["error"]["trial_expired"], true);
+    assert!(body["error"]["upgrade_url"].is_string());
+
+    let (user_id, token) = app.customer("nosub@example.com").await;
+    sqlx::query("DELETE FROM subscriptions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(app.db().pool())
+        .await
+        .unwrap();
+    let (status, body) = add(&app, &token, json!({ "public_key": base64_key(10) })).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "no_subscription")
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM devices").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM peer_changes").await, 0);
+}
+
+async fn bad_keys_and_names_are_refused_and_change_nothing(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_server("vpn1", "us-east", 1).await;
+    let (user_id, token) = app.customer("keys@example.com").await;
+    app.set_plan(user_id, "business").await;
+    for bad in [
+        json!({ "public_key": "" }),
+        json!({ "public_key": "not base64!" }),
+        json!({ "public_key": "AAAA" }),
+        json!({ "public_key": base64_key(0) }),
+        json!({ "public_key": format!("{}\nAllowedIPs = 0.0.0.0/0", base64_key(3)) }),
+        json!({ "public_key": base64_key(3), "name": "x".repeat(65) }),
+        json!({ "public_key": base64_key(3), "name": "two\nlines" }),
+        json!({ "public_key": base64_key(3), "region": "Not A Region" }),
+    ] {
+        let (status, body) = add(&app, &token, bad.clone()).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "validation_failed"),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = add(
+        &app,
+        &token,
+        json!({ "public_key": base64_key(3), "admin": true }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "unknown_field")
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM devices").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM peer_changes").await, 0);
+    assert_eq!(
+        app.count("SELECT next_host FROM vpn_servers").await,
+        2,
+        "no address was taken"
+    );
+
+    // One key, one device: a second device with the same key is a conflict.
+    let (status, _) = add(
+        &app,
+        &token,
+        json!({ "public_key": base64_key(3), "name": "a" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = add(
+        &app,
+        &token,
+        json!({ "public_key": base64_key(3), "name": "b" }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "key_in_use")
+    );
+    let (status, body) = add(
+        &app,
+        &token,
+        json!({ "public_key": base64_key(4), "name": "a" }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "name_taken")
+    );
+    let (status, body) = add(
+        &app,
+        &token,
+        json!({ "public_key": base64_key(5), "region": "eu-de" }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "no_server_available")
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM devices").await, 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM peer_changes").await, 1);
+}
+
+async fn rename_delete_and_rotate_record_their_peer_changes(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let (user_id, token) = app.customer("ops@example.com").await;
+    app.set_plan(user_id, "personal").await;
+    let (_, a) = add(
+        &app,
+        &token,
+        json!({ "public_key": base64_key(20), "name": "phone" }),
+    )
+    .await;
+    let a_id = a["device"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(a["device"]["ipv4_address"], "10.8.0.2");
+    assert_eq!(a["device"]["ipv6_address"], "fd00:1:2:3::2");
+
+    // Rename: no peer change (the node does not care), 409 on a duplicate.
+    let (status, renamed) = app
+        .http
+        .patch(app.url(&format!("/api/v1/devices/{a_id}")))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "work phone" }))
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(common::split(renamed).await.1["name"], "work phone");
+
+    // Rotation without a key: a pair is generated; the upsert names the old key.
+    let (status, rotated) = app
+        .post_auth(&format!("/api/v1/devices/{a_id}/rotate-key"), &token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_key = rotated["device"]["public_key"].as_str().unwrap().to_owned();
+    let private = rotated["private_key"].as_str().unwrap();
+    assert!(
+        rotated["config"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("PrivateKey = {private}"))
+    );
+    assert_ne!(new_key, base64_key(20));
+    let changes = app.peer_changes(server_id).await;
+    assert_eq!(changes.len(), 2);
+    assert_eq!(
+        (changes[1].0, changes[1].1.as_str(), changes[1].2.as_str()),
+        (2, "upsert", new_key.as_str())
+    );
+    assert_eq!(changes[1].3.as_deref(), Some(base64_key(20).as_str()));
+    assert_eq!(changes[1].4, "key_rotated");
+    let (status, none_stored): (StatusCode, Value) = app.get_auth("/api/v1/devices", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !none_stored.to_string().contains(private),
+        "the private key is never stored or shown again"
+    );
+
+    // Delete: a removal, and the address rests in quarantine before anyone gets it again.
+    let (status, _) = app
+        .delete_auth(&format!("/api/v1/devices/{a_id}"), &token)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let changes = app.peer_changes(server_id).await;
+    assert_eq!(
+        (changes[2].0, changes[2].1.as_str(), changes[2].2.as_str()),
+        (3, "remove", new_key.as_str())
+    );
+    let (_, b) = add(&app, &token, json!({ "public_key": base64_key(21) })).await;
+    assert_eq!(
+        b["device"]["ipv4_address"], "10.8.0.3",
+        "the released address is quarantined"
+    );
+    app.advance(Duration::from_secs(25 * 3600));
+    let token = app.token_for("ops@example.com").await;
+    let (_, c) = add(&app, &token, json!({ "public_key": base64_key(22) })).await;
+    assert_eq!(
+        c["device"]["ipv4_address"], "10.8.0.2",
+        "reused after the quarantine"
+    );
+    let (status, _) = app
+        .delete_auth(&format!("/api/v1/devices/{a_id}"), &token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Another user's device is invisible.
+    let (_, other) = app.customer("other@example.com").await;
+    let b_id = b["device"]["id"].as_str().unwrap();
+    assert_eq!(
+        app.delete_auth(&format!("/api/v1/devices/{b_id}"), &other)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let revisions: Vec<i64> = app
+        .peer_changes(server_id)
+        .await
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(revisions, vec![1, 2, 3, 4, 5]);
+}
+
+async fn the_config_matches_the_golden_file_and_its_qr_code_decodes_to_it(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_server("vpn1", "us-east", 1).await;
+    let (_, token) = app.customer("golden@example.com").await;
+    let (status, created) = add(
+        &app,
+        &token,
+        json!({ "public_key": base64_key(2), "name": "laptop" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let golden = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/client.conf"
+    ))
+    .unwrap();
+    assert_eq!(created["config"].as_str().unwrap(), golden);
+    let id = created["device"]["id"].as_str().unwrap();
+
+    let resp = app
+        .http
+        .get(app.url(&format!("/api/v1/devices/{id}/config")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-disposition"],
+        "attachment; filename=\"truevault-laptop.conf\""
+    );
+    assert_eq!(resp.text().await.unwrap(), golden);
+
+    let resp = app
+        .http
+        .get(app.url(&format!("/api/v1/devices/{id}/qr.png")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    let png = resp.bytes().await.unwrap();
+    let decoder = png::Decoder::new(std::io::Cursor::new(png.to_vec()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| pixels[y * w + x]);
+    let grids = image.detect_grids();
+    assert_eq!(grids.len(), 1);
+    let (_, text) = grids[0].decode().unwrap();
+    assert_eq!(text, golden, "the QR code holds exactly the config");
+
+    let svg = app
+        .http
+        .get(app.url(&format!("/api/v1/devices/{id}/qr.svg")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert!(svg.text().await.unwrap().contains("<svg"));
+}
+
+async fn downgrade_expiry_and_suspension_remove_every_affected_peer(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let (user_id, token) = app.customer("big@example.com").await;
+    app.set_plan(user_id, "business").await;
+    let mut keys = Vec::new();
+    for i in 0..5u8 {
+        let (status, _) = add(
+            &app,
+            &token,
+            json!({ "public_key": base64_key(30 + i), "name": format!("d{i}") }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        keys.push(base64_key(30 + i));
+    }
+    // Downgrade to personal (3): the two newest leave their server.
+    app.set_plan(user_id, "personal").await;
+    let changes = app.peer_changes(server_id).await;
+    let removed: Vec<&str> = changes[5..]
+        .iter()
+        .filter(|c| c.1 == "remove")
+        .map(|c| c.2.as_str())
+        .collect();
+    assert_eq!(removed, [keys[3].as_str(), keys[4].as_str()]);
+    let (_, list) = app.get_auth("/api/v1/devices", &token).await;
+    let statuses: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["pending", "pending", "pending", "disabled", "disabled"]
+    );
+    // Back up: they return.
+    app.set_plan(user_id, "family").await;
+    let upserts = app.peer_changes(server_id).await[7..]
+        .iter()
+        .filter(|c| c.1 == "upsert")
+        .count();
+    assert_eq!(upserts, 2);
+
+    // Suspension removes every peer; restoring brings them back.
+    let admin = app.admin_token().await;
+    let before = app.peer_changes(server_id).await.len();
+    let (status, _) = app
+        .post_auth(
+            &format!("/api/v1/admin/users/{user_id}/suspend"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let after = app.peer_changes(server_id).await;
+    assert_eq!(
+        after[before..]
+            .iter()
+            .filter(|c| c.1 == "remove" && c.4 == "account_suspended")
+            .count(),
+        5
+    );
+    assert_eq!(
+        app.get_auth("/api/v1/devices", &token).await.0,
+        StatusCode::UNAUTHORIZED,
+        "sessions ended"
+    );
+    let (status, _) = app
+        .post_auth(
+            &format!("/api/v1/admin/users/{user_id}/restore"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM devices WHERE status = 'pending'")
+            .await,
+        5
+    );
+
+    // Trial expiry (the automation sweep) removes the trial user's peer.
+    let (_, trial_token) = app.customer("trial@example.com").await;
+    let (status, _) = add(&app, &trial_token, json!({ "public_key": base64_key(60) })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    app.advance(Duration::from_secs(7 * 24 * 3600 + 60));
+    app.automation().enqueue_sweep().await.unwrap();
+    app.run_tasks().await;
+    let last = app.peer_changes(server_id).await.pop().unwrap();
+    assert_eq!(
+        (last.1.as_str(), last.2.as_str(), last.4.as_str()),
+        ("remove", base64_key(60).as_str(), "trial_expired")
+    );
+    let revisions: Vec<i64> = app
+        .peer_changes(server_id)
+        .await
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(
+        revisions,
+        (1..=revisions.len() as i64).collect::<Vec<_>>(),
+        "revisions only grow, without gaps"
+    );
+}
+
+async fn twenty_concurrent_adds_on_a_three_device_plan_give_three(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_server("vpn1", "us-east", 1).await;
+    let (user_id, token) = app.customer("race@example.com").await;
+    app.set_plan(user_id, "personal").await;
+    let attempts =
+        (0..20u8).map(|i| add(&app, &token, json!({ "public_key": base64_key(100 + i) })));
+    let results = futures_util::future::join_all(attempts).await;
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let refused = results
+        .iter()
+        .filter(|(s, b)| *s == StatusCode::FORBIDDEN && error_code(b) == "device_limit_reached")
+        .count();
+    assert_eq!((created, refused), (3, 17), "{results:?}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM devices").await, 3);
+    assert_eq!(app.count("SELECT COUNT(*) FROM peer_changes").await, 3);
+}
+
+async fn two_hundred_concurrent_adds_on_one_server_get_distinct_addresses(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_server("vpn1", "us-east", 1).await;
+    let users = app.insert_trial_users(200, i64::MAX / 2).await;
+    let devices = app.state.devices();
+    let attempts = users.iter().enumerate().map(|(i, user)| {
+        let key = {
+            use base64::Engine as _;
+            let mut bytes = [7u8; 32];
+            bytes[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        };
+        devices.create(
+            *user,
+            serde_json::from_value(json!({ "public_key": key })).unwrap(),
+        )
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let addresses: HashSet<String> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().device.ipv4_address.clone())
+        .collect();
+    assert_eq!(addresses.len(), 200, "every device has its own address");
+    let v6: HashSet<String> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().device.ipv6_address.clone().unwrap())
+        .collect();
+    assert_eq!(v6.len(), 200);
+    assert_eq!(
+        app.count("SELECT config_revision FROM vpn_servers").await,
+        200
+    );
+}
+
+async fn a_promo_code_with_five_uses_is_used_exactly_five_times(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    sqlx::query("INSERT INTO promo_codes (code, percent_off, max_uses, created_at, updated_at) VALUES ('FIVE', 50, 5, 0, 0)")
+        .execute(app.db().pool())
+        .await
+        .unwrap();
+    let users = app.insert_trial_users(50, i64::MAX / 2).await;
+    let attempts = users.iter().map(|user| {
+        let db = app.db().clone();
+        let now = truevault_control_plane::clock::Clock::now_ms(&*app.clock);
+        async move {
+            let mut tx = db.begin_write().await.unwrap();
+            let result =
+                truevault_control_plane::billing::promo::redeem(tx.conn(), "five", *user, now)
+                    .await;
+            if result.is_ok() {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+            result
+        }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 5, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| e.code() == "promo_used_up")
+    );
+    assert_eq!(
+        app.count("SELECT uses FROM promo_codes WHERE code = 'FIVE'")
+            .await,
+        5
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM promo_redemptions").await, 5);
+
+    // The public check: a quote, or a clear refusal.
+    let (status, quote) = app
+        .post(
+            "/api/v1/billing/promo/validate",
+            json!({ "code": "trial20", "plan": "personal" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{quote}");
+    assert_eq!(
+        (
+            quote["percent_off"].as_i64(),
+            quote["first_month_price_cents"].as_i64()
+        ),
+        (Some(20), Some(799))
+    );
+    let (status, body) = app
+        .post("/api/v1/billing/promo/validate", json!({ "code": "five" }))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "promo_used_up")
+    );
+    assert_eq!(
+        app.post(
+            "/api/v1/billing/promo/validate",
+            json!({ "code": "NOPE42" })
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post("/api/v1/billing/promo/validate", json!({ "code": "x" }))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    let (status, plans) =
+        common::split(app.http.get(app.url("/api/v1/plans")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let codes: Vec<&str> = plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["personal", "family", "business", "dedicated"]);
+    assert_eq!(plans[0]["max_devices"], 3);
+    assert_eq!(plans[0]["price_cents"], 999);
+}
