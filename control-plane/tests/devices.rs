@@ -652,3 +652,117 @@ async fn a_promo_code_with_five_uses_is_used_exactly_five_times(engine: Engine) 
     assert_eq!(plans[0]["max_devices"], 3);
     assert_eq!(plans[0]["price_cents"], 999);
 }
+
+mod operators {
+    use super::*;
+
+    engine_tests!(servers_are_managed_by_operators_and_listed_without_internals);
+}
+
+async fn servers_are_managed_by_operators_and_listed_without_internals(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let admin = app.admin_token().await;
+    for (bad, field) in [
+        (
+            json!({ "name": "x y", "region": "us-east", "endpoint_host": "h.example.com" }),
+            "name",
+        ),
+        (
+            json!({ "name": "a", "region": "us-east", "endpoint_host": "h.example.com", "ipv4_subnet": "8.8.8.0/24" }),
+            "ipv4_subnet",
+        ),
+        (
+            json!({ "name": "a", "region": "us-east", "endpoint_host": "h.example.com", "public_key": "nope" }),
+            "public_key",
+        ),
+        (
+            json!({ "name": "a", "region": "mars-1", "endpoint_host": "h.example.com" }),
+            "country",
+        ),
+        (
+            json!({ "name": "a", "region": "us-east", "endpoint_host": "bad host!" }),
+            "endpoint_host",
+        ),
+    ] {
+        let (status, body) = app
+            .post_auth("/api/v1/admin/servers", &admin, Some(bad.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(
+            body["error"]["details"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["field"] == field),
+            "{field}: {body}"
+        );
+    }
+    let server = app.add_server("vpn1", "eu-de", 1).await;
+    assert_eq!(server["country"], "Germany");
+    let (status, body) = app
+        .post_auth(
+            "/api/v1/admin/servers",
+            &admin,
+            Some(json!({ "name": "vpn1", "region": "eu-de", "endpoint_host": "x.example.com" })),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "server_name_taken")
+    );
+
+    let (status, public) = common::split(
+        app.http
+            .get(app.url("/api/v1/servers"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let entry = public[0].as_object().unwrap();
+    let mut keys: Vec<&str> = entry.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["country", "id", "load_percent", "region", "status"],
+        "nothing internal"
+    );
+
+    let id = server["id"].as_i64().unwrap();
+    let (status, retired) = app
+        .post_auth(&format!("/api/v1/admin/servers/{id}/retire"), &admin, None)
+        .await;
+    assert_eq!(
+        (status, retired["status"].as_str()),
+        (StatusCode::OK, Some("retired"))
+    );
+    let (_, public) = common::split(
+        app.http
+            .get(app.url("/api/v1/servers"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(public, json!([]));
+    let (_, token) = app.customer("late@example.com").await;
+    let (status, body) = add(
+        &app,
+        &token,
+        json!({ "public_key": base64_key(5), "region": "eu-de" }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "no_server_available"),
+        "no device on a retired server"
+    );
+    let (status, list) = app.get_auth("/api/v1/admin/servers", &admin).await;
+    assert_eq!(
+        (status, list[0]["public_key"].as_str()),
+        (StatusCode::OK, Some(base64_key(1).as_str()))
+    );
+    let (status, _) = app.get_auth("/api/v1/admin/servers", &token).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
