@@ -766,3 +766,169 @@ async fn servers_are_managed_by_operators_and_listed_without_internals(engine: E
     let (status, _) = app.get_auth("/api/v1/admin/servers", &token).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+mod review {
+    use super::*;
+
+    engine_tests!(
+        vip_changes_reconcile_devices,
+        a_downgrade_racing_device_adds_never_leaves_the_user_over_the_limit,
+        conversions_racing_the_sweep_are_never_expired,
+    );
+}
+
+async fn vip_changes_reconcile_devices(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    // A trial user connects a device; the trial expires and takes it down.
+    let (_, token) = app.customer("vipdev@example.com").await;
+    let (status, _) = add(&app, &token, json!({ "public_key": base64_key(70) })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    app.advance(Duration::from_secs(8 * 24 * 3600));
+    app.automation().enqueue_sweep().await.unwrap();
+    app.run_tasks().await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM devices WHERE status = 'disabled'")
+            .await,
+        1
+    );
+    // Verified and listed as a VIP: the device comes back.
+    let admin = app.admin_token().await;
+    let verify = {
+        let token = app.token_for("vipdev@example.com").await;
+        app.post_auth("/api/v1/auth/verify-email/resend", &token, None)
+            .await;
+        app.token_from_mail("vipdev@example.com", "verify_email", "verify_url")
+            .await
+    };
+    app.post("/api/v1/auth/verify-email", json!({ "token": verify }))
+        .await;
+    let (status, _) = app
+        .post_auth(
+            "/api/v1/admin/vip",
+            &admin,
+            Some(json!({ "email": "vipdev@example.com", "tier": "vip_basic" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM devices WHERE status = 'pending'")
+            .await,
+        1,
+        "re-enabled for the VIP"
+    );
+    let last = app.peer_changes(server_id).await.pop().unwrap();
+    assert_eq!(
+        (last.1.as_str(), last.4.as_str()),
+        ("upsert", "vip_granted")
+    );
+    // Removed from the list: the lifetime grant ends and the peer leaves the server.
+    let (status, _) = app
+        .delete_auth("/api/v1/admin/vip/vipdev@example.com", &admin)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM devices WHERE status = 'disabled'")
+            .await,
+        1
+    );
+    let last = app.peer_changes(server_id).await.pop().unwrap();
+    assert_eq!(
+        (last.1.as_str(), last.4.as_str()),
+        ("remove", "vip_revoked")
+    );
+}
+
+async fn a_downgrade_racing_device_adds_never_leaves_the_user_over_the_limit(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.add_server("vpn1", "us-east", 1).await;
+    for round in 0..3u8 {
+        let email = format!("racer{round}@example.com");
+        let (user_id, token) = app.customer(&email).await;
+        app.set_plan(user_id, "family").await;
+        for i in 0..3u8 {
+            let (status, _) = add(
+                &app,
+                &token,
+                json!({ "public_key": base64_key(80 + round * 20 + i) }),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let admin = app.admin_token().await;
+        let adds = (3..12u8).map(|i| {
+            add(
+                &app,
+                &token,
+                json!({ "public_key": base64_key(80 + round * 20 + i) }),
+            )
+        });
+        let plan_url = format!("/api/v1/admin/users/{user_id}/plan");
+        let downgrade = app.post_auth(&plan_url, &admin, Some(json!({ "plan": "personal" })));
+        let (results, (status, body)) =
+            tokio::join!(futures_util::future::join_all(adds), downgrade);
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        assert!(
+            results
+                .iter()
+                .all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::FORBIDDEN)
+        );
+        let (active,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM devices WHERE user_id = $1 AND status <> 'disabled'",
+        )
+        .bind(user_id)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            active, 3,
+            "round {round}: a personal plan keeps exactly 3 devices running"
+        );
+    }
+}
+
+async fn conversions_racing_the_sweep_are_never_expired(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let end = truevault_control_plane::clock::Clock::now_ms(&*app.clock) + 1000;
+    let users = app.insert_trial_users(300, end).await;
+    app.advance(Duration::from_secs(2));
+    let now = truevault_control_plane::clock::Clock::now_ms(&*app.clock);
+    let converting: Vec<i64> = users.iter().copied().step_by(2).collect();
+    let db = app.db().clone();
+    let conversions = converting.iter().map(|user| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin_write().await.unwrap();
+            truevault_control_plane::billing::plans::change_plan(tx.conn(), *user, "personal", now)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    });
+    let sweep = truevault_control_plane::billing::trials::expire_due(&db, now);
+    let (_, expired) = tokio::join!(futures_util::future::join_all(conversions), sweep);
+    let expired = expired.unwrap();
+    // Whatever the interleaving: a converted user is active and was never mailed "expired".
+    for user in &converting {
+        let (status, mails): (String, i64) = sqlx::query_as(
+            "SELECT s.status, (SELECT COUNT(*) FROM mail_outbox m WHERE m.user_id = s.user_id AND m.template = 'trial_expired')
+             FROM subscriptions s WHERE s.user_id = $1 ORDER BY s.id DESC LIMIT 1",
+        )
+        .bind(*user)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+        assert_eq!((status.as_str(), mails), ("active", 0), "user {user}");
+    }
+    // The rest expire (now or in a later sweep), each mailed once.
+    let later = truevault_control_plane::billing::trials::expire_due(app.db(), now)
+        .await
+        .unwrap();
+    assert_eq!(expired + later, 150);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM mail_outbox WHERE template = 'trial_expired'")
+            .await,
+        150
+    );
+}

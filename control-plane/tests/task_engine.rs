@@ -394,3 +394,48 @@ async fn two_processes_on_postgres_never_run_one_task_twice() {
     assert_eq!(tokens, n);
     let _ = conn.close().await;
 }
+
+mod mail_claims {
+    use super::*;
+
+    engine_tests!(a_stale_mail_claim_records_nothing);
+}
+
+async fn a_stale_mail_claim_records_nothing(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    app.register("slow@example.com").await;
+    let now = app.clock.now_ms();
+    let first = outbox::claim(app.db(), now, MINUTE, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // The first worker is slow; its lease runs out and another worker claims the mail again.
+    app.advance(Duration::from_secs(61));
+    let second = outbox::claim(app.db(), app.clock.now_ms(), MINUTE, 10)
+        .await
+        .unwrap();
+    assert_eq!((second.len(), second[0].attempt), (1, 2));
+    // The first worker's late failure must not reset the second worker's claim...
+    outbox::mark_failed(
+        app.db(),
+        &first[0],
+        "timeout",
+        Some(app.clock.now_ms()),
+        app.clock.now_ms(),
+    )
+    .await
+    .unwrap();
+    let (status,): (String,) = sqlx::query_as("SELECT status FROM mail_outbox")
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "sending");
+    // ...and the second worker's success is what is recorded, with the links scrubbed.
+    outbox::mark_sent(app.db(), &second[0], app.clock.now_ms())
+        .await
+        .unwrap();
+    let (status, context): (String, String) =
+        sqlx::query_as("SELECT status, context FROM mail_outbox")
+            .fetch_one(app.db().pool())
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), context.as_str()), ("sent", "{}"));
+}

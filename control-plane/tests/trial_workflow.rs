@@ -448,3 +448,35 @@ async fn scanner_tokens_are_shown_once_and_rotate(engine: Engine) {
     );
     assert_eq!(app.count("SELECT COUNT(*) FROM scanner_tokens").await, 1);
 }
+
+mod short_trials {
+    use super::*;
+
+    engine_tests!(a_shorter_trial_places_its_reminders_before_its_end);
+}
+
+async fn a_shorter_trial_places_its_reminders_before_its_end(engine: Engine) {
+    let app = TestApp::start_with(engine, |s| s.trial_days = 3).await;
+    let email = "short@example.com";
+    let (user_id, trial_ends) = registered(&app, email).await;
+    let start = app.clock.now_ms();
+    assert_eq!(trial_ends - start, 3 * DAY);
+    let run_at = |step: &'static str| {
+        let db = app.db().clone();
+        async move {
+            let (at,): (i64,) =
+                sqlx::query_as("SELECT run_at FROM scheduled_tasks WHERE step = $1")
+                    .bind(step)
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap();
+            at
+        }
+    };
+    assert_eq!(run_at("trial_ending_soon").await, start + DAY);
+    assert_eq!(run_at("trial_last_day").await, start + 2 * DAY);
+    assert_eq!(run_at("check_trial_conversion").await, trial_ends);
+    app.advance(days(3) + Duration::from_secs(1));
+    app.run_tasks().await;
+    assert_eq!(subscription_status(&app, user_id).await, "expired");
+}

@@ -99,7 +99,7 @@ impl Accounts {
         .await?;
         self.queue_verification(tx.conn(), user_id, &email, &first_name, now)
             .await?;
-        workflows::trigger_trial_signup(tx.conn(), user_id, now).await?;
+        workflows::trigger_trial_signup(tx.conn(), user_id, now, self.policy.trial).await?;
         let issued =
             sessions::create(tx.conn(), user_id, client, now, self.policy.refresh_ttl).await?;
         let user = load_view(tx.conn(), user_id).await?;

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use crate::audit::{self, Actor};
 use crate::automation::workflows;
 use crate::clock::{Millis, rfc3339};
+use crate::devices::entitlement;
 use crate::error::{Error, Result};
 
 use super::Accounts;
@@ -148,14 +149,23 @@ impl Accounts {
         .bind(now)
         .execute(tx.conn())
         .await?;
-        let verified: Option<(i64,)> = sqlx::query_as(
-            "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NOT NULL",
-        )
-        .bind(&email)
-        .fetch_optional(tx.conn())
-        .await?;
-        if let Some((user_id,)) = verified {
-            grant(tx.conn(), user_id, tier, now).await?;
+        // Lock the account (after listing the address) before reading its verification: a
+        // verification committing meanwhile is then either seen here or sees the new entry.
+        let account: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE email = $1")
+            .bind(&email)
+            .fetch_optional(tx.conn())
+            .await?;
+        if let Some((user_id,)) = account {
+            entitlement::lock_users(tx.conn(), &[user_id]).await?;
+            let verified: Option<(i64,)> = sqlx::query_as(
+                "SELECT id FROM users WHERE id = $1 AND email_verified_at IS NOT NULL",
+            )
+            .bind(user_id)
+            .fetch_optional(tx.conn())
+            .await?;
+            if verified.is_some() {
+                grant(tx.conn(), user_id, tier, now).await?;
+            }
         }
         audit::record(
             tx.conn(),
@@ -215,6 +225,8 @@ impl Accounts {
             .bind(user_id)
             .execute(tx.conn())
             .await?;
+            // Without the lifetime grant the devices follow what is left (usually nothing).
+            entitlement::reconcile(tx.conn(), user_id, "vip_revoked", now).await?;
         }
         audit::record(
             tx.conn(),
@@ -302,5 +314,7 @@ async fn grant(conn: &mut AnyConnection, user_id: i64, tier: VipTier, now: Milli
         )
         .await?;
     }
+    // Devices disabled earlier (an expired trial) come back within the new entitlement.
+    entitlement::reconcile(conn, user_id, "vip_granted", now).await?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 
 use crate::accounts::Caller;
 use crate::billing::plans::{self, Plan};
@@ -17,12 +17,17 @@ use crate::servers::{self, PublicServer};
 
 use super::AppState;
 use super::error::{ApiJson, ErrorBody, OptionalJson};
+use super::extract::limit_auth;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/plans", get(list_plans))
         .route("/servers", get(list_servers))
-        .route("/billing/promo/validate", post(validate_promo))
+        // Per-address limits, as on the auth routes: codes must not be guessable by brute force.
+        .route(
+            "/billing/promo/validate",
+            post(validate_promo).layer(middleware::from_fn_with_state(state, limit_auth)),
+        )
         .route("/devices", get(list_devices).post(create_device))
         .route(
             "/devices/{id}",

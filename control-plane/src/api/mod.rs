@@ -117,7 +117,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let api = Router::new()
         .nest("/auth", auth::routes(state.clone()))
         .merge(me::routes())
-        .merge(devices::routes())
+        .merge(devices::routes(state.clone()))
         .nest("/admin", admin::routes().merge(admin_fleet::routes()));
     Router::new()
         .nest("/api/v1", api)

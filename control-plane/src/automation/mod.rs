@@ -215,14 +215,14 @@ impl Automation {
             let now = self.clock.now_ms();
             match sent {
                 Ok(()) => {
-                    outbox::mark_sent(&self.db, mail.id, now).await?;
+                    outbox::mark_sent(&self.db, &mail, now).await?;
                     report.sent += 1;
                 }
                 Err((permanent, message)) => {
                     let retry_at = (!permanent && mail.attempt < self.mail_max_attempts)
                         .then(|| now + tasks::backoff(mail.attempt));
                     tracing::warn!(mail = mail.id, attempt = mail.attempt, permanent, error = %message, "mail not delivered");
-                    outbox::mark_failed(&self.db, mail.id, &message, retry_at, now).await?;
+                    outbox::mark_failed(&self.db, &mail, &message, retry_at, now).await?;
                     if retry_at.is_some() {
                         report.retrying += 1;
                     } else {

@@ -98,24 +98,28 @@ pub async fn claim(db: &Db, now: Millis, lease: Millis, limit: i64) -> Result<Ve
     Ok(mails)
 }
 
-/// Records a delivered mail, right after the transport accepted it.
-pub async fn mark_sent(db: &Db, id: i64, now: Millis) -> Result<()> {
+/// Records a delivered mail, right after the transport accepted it. Guarded by the claim's
+/// attempt: a worker whose lease ran out (and whose mail another worker re-claimed) records
+/// nothing. The context is cleared: it may hold live verification or reset links.
+pub async fn mark_sent(db: &Db, mail: &ClaimedMail, now: Millis) -> Result<()> {
     let mut tx = db.begin_write().await?;
     sqlx::query(
-        "UPDATE mail_outbox SET status = 'sent', sent_at = $1, last_error = NULL, updated_at = $1
-         WHERE id = $2 AND status = 'sending'",
+        "UPDATE mail_outbox SET status = 'sent', sent_at = $1, last_error = NULL, context = '{}', updated_at = $1
+         WHERE id = $2 AND status = 'sending' AND attempts = $3",
     )
     .bind(now)
-    .bind(id)
+    .bind(mail.id)
+    .bind(mail.attempt)
     .execute(tx.conn())
     .await?;
     tx.commit().await
 }
 
-/// Records a failed delivery: retried after `retry_at`, or `failed` for good.
+/// Records a failed delivery: retried after `retry_at`, or `failed` for good. Guarded by the
+/// claim's attempt, as [`mark_sent`].
 pub async fn mark_failed(
     db: &Db,
-    id: i64,
+    mail: &ClaimedMail,
     error: &str,
     retry_at: Option<Millis>,
     now: Millis,
@@ -124,7 +128,7 @@ pub async fn mark_failed(
     let mut tx = db.begin_write().await?;
     sqlx::query(
         "UPDATE mail_outbox SET status = $1, next_attempt_at = $2, last_error = $3, updated_at = $4
-         WHERE id = $5 AND status = 'sending'",
+         WHERE id = $5 AND status = 'sending' AND attempts = $6",
     )
     .bind(if retry_at.is_some() {
         "pending"
@@ -134,7 +138,8 @@ pub async fn mark_failed(
     .bind(retry_at.unwrap_or(now))
     .bind(&error)
     .bind(now)
-    .bind(id)
+    .bind(mail.id)
+    .bind(mail.attempt)
     .execute(tx.conn())
     .await?;
     tx.commit().await

@@ -48,7 +48,7 @@ pub const VIP_SIGNUP_STEPS: &[Step] = &[
 pub async fn trigger(
     conn: &mut AnyConnection,
     workflow: &'static str,
-    steps: &'static [Step],
+    steps: &[Step],
     user_id: i64,
     now: Millis,
 ) -> Result<()> {
@@ -71,12 +71,28 @@ pub async fn trigger(
     Ok(())
 }
 
+/// The trial drip for a trial of `length`: the seed's steps, with the last three placed
+/// relative to the trial's end (2 days before, 1 day before, at the end), which for the
+/// seed's 7 days is exactly +5 d, +6 d and +7 d.
 pub async fn trigger_trial_signup(
     conn: &mut AnyConnection,
     user_id: i64,
     now: Millis,
+    length: Millis,
 ) -> Result<()> {
-    trigger(conn, TRIAL_SIGNUP, TRIAL_SIGNUP_STEPS, user_id, now).await
+    let steps: Vec<Step> = TRIAL_SIGNUP_STEPS
+        .iter()
+        .map(|s| {
+            let delay = match s.name {
+                "trial_ending_soon" => (length - 2 * DAY).max(0),
+                "trial_last_day" => (length - DAY).max(0),
+                "check_trial_conversion" => length,
+                _ => s.delay,
+            };
+            step(s.name, delay)
+        })
+        .collect();
+    trigger(conn, TRIAL_SIGNUP, &steps, user_id, now).await
 }
 
 /// Starts the VIP welcome and stops the trial drip (its steps would skip anyway).

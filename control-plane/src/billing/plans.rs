@@ -157,6 +157,7 @@ pub async fn change_plan(
     plan: &str,
     now: Millis,
 ) -> Result<()> {
+    entitlement::lock_users(&mut *conn, &[user_id]).await?;
     let exists: Option<(String,)> =
         sqlx::query_as("SELECT code FROM plans WHERE code = $1 AND code <> 'trial'")
             .bind(plan)
@@ -204,6 +205,7 @@ pub async fn set_suspended(
     suspended: bool,
     now: Millis,
 ) -> Result<()> {
+    entitlement::lock_users(&mut *conn, &[user_id]).await?;
     let (from, to) = if suspended {
         ("active", "suspended")
     } else {

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::audit::{self, Actor};
 use crate::automation::{tasks, workflows};
 use crate::clock::{DAY, Millis, rfc3339};
-use crate::devices;
+use crate::devices::{self, entitlement};
 use crate::error::{Error, Result};
 use crate::storage::{Db, Engine, placeholders};
 
@@ -28,35 +28,33 @@ fn sweep_batch(engine: Engine) -> i64 {
 type DueRow = (i64, i64, String, String);
 
 /// Expires every trial whose end has passed and that was not converted, in batches. Safe to
-/// run again or concurrently with itself: each batch re-selects what is still due. (No ORDER
-/// BY: sorting every due row again for each batch made the sweep quadratic.)
+/// run again or concurrently with itself: each batch re-selects what is still due, and the
+/// guarded update in [`expire_batch`] decides. (No ORDER BY: sorting every due row again for
+/// each batch made the sweep quadratic.)
 pub async fn expire_due(db: &Db, now: Millis) -> Result<u64> {
-    let select = match db.engine() {
-        Engine::Postgres => {
-            "SELECT s.id, s.user_id, u.email, u.first_name FROM subscriptions s JOIN users u ON u.id = s.user_id
-             WHERE s.status = 'trial' AND s.trial_ends <= $1 AND s.trial_converted = 0
-             LIMIT $2 FOR UPDATE OF s SKIP LOCKED"
-        }
-        Engine::Sqlite => {
-            "SELECT s.id, s.user_id, u.email, u.first_name FROM subscriptions s JOIN users u ON u.id = s.user_id
-             WHERE s.status = 'trial' AND s.trial_ends <= $1 AND s.trial_converted = 0
-             LIMIT $2"
-        }
-    };
+    let batch = sweep_batch(db.engine());
     let mut total = 0;
     loop {
         let mut tx = db.begin_write().await?;
-        let due: Vec<DueRow> = sqlx::query_as(select)
-            .bind(now)
-            .bind(sweep_batch(db.engine()))
-            .fetch_all(tx.conn())
-            .await?;
+        let due: Vec<DueRow> = sqlx::query_as(
+            "SELECT s.id, s.user_id, u.email, u.first_name FROM subscriptions s JOIN users u ON u.id = s.user_id
+             WHERE s.status = 'trial' AND s.trial_ends <= $1 AND s.trial_converted = 0 LIMIT $2",
+        )
+        .bind(now)
+        .bind(batch)
+        .fetch_all(tx.conn())
+        .await?;
         if due.is_empty() {
             tx.rollback().await?;
             return Ok(total);
         }
-        total += expire_batch(tx.conn(), &due, now).await?;
+        let expired = expire_batch(tx.conn(), &due, now).await?;
         tx.commit().await?;
+        total += expired;
+        if expired == 0 {
+            // Everything selected was converted or extended meanwhile; what is left is newer.
+            return Ok(total);
+        }
     }
 }
 
@@ -73,23 +71,38 @@ pub async fn expire_if_due(conn: &mut AnyConnection, user_id: i64, now: Millis) 
     Ok(expire_batch(conn, &due, now).await? > 0)
 }
 
-/// Subscription `expired`, tracking `expired`, one `trial_expired` mail each, devices disabled.
+/// Subscription `expired`, tracking `expired`, one `trial_expired` mail each, devices disabled:
+/// for exactly the trials the guarded update expired. The users are locked first (as every
+/// change to access does), so a conversion or extension that commits meanwhile either wins
+/// before the update, which then skips that user, or waits for this transaction.
 async fn expire_batch(conn: &mut AnyConnection, due: &[DueRow], now: Millis) -> Result<u64> {
     if due.is_empty() {
         return Ok(0);
     }
+    let candidates: Vec<i64> = due.iter().map(|r| r.1).collect();
+    entitlement::lock_users(&mut *conn, &candidates).await?;
     let sub_ids: Vec<i64> = due.iter().map(|r| r.0).collect();
-    let user_ids: Vec<i64> = due.iter().map(|r| r.1).collect();
-
     let sql = format!(
-        "UPDATE subscriptions SET status = 'expired', updated_at = $1 WHERE status = 'trial' AND id IN ({})",
+        "UPDATE subscriptions SET status = 'expired', updated_at = $1
+         WHERE status = 'trial' AND trial_converted = 0 AND trial_ends <= $1 AND id IN ({})
+         RETURNING user_id",
         placeholders(2, sub_ids.len())
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+    let mut q = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql)).bind(now);
     for id in &sub_ids {
         q = q.bind(*id);
     }
-    let expired = q.execute(&mut *conn).await?.rows_affected();
+    let expired: std::collections::HashSet<i64> = q
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(u,)| u)
+        .collect();
+    let due: Vec<&DueRow> = due.iter().filter(|r| expired.contains(&r.1)).collect();
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let user_ids: Vec<i64> = due.iter().map(|r| r.1).collect();
 
     let sql = format!(
         "UPDATE trial_tracking SET expired = 1, expired_at = $1 WHERE expired = 0 AND user_id IN ({})",
@@ -121,7 +134,7 @@ async fn expire_batch(conn: &mut AnyConnection, due: &[DueRow], now: Millis) -> 
         rows.join(", ")
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-    for (_, user_id, email, first_name) in due {
+    for (_, user_id, email, first_name) in &due {
         q = q
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(*user_id)
@@ -132,7 +145,7 @@ async fn expire_batch(conn: &mut AnyConnection, due: &[DueRow], now: Millis) -> 
     q.execute(&mut *conn).await?;
 
     devices::disable_all_for_users(conn, &user_ids, "trial_expired", now).await?;
-    Ok(expired)
+    Ok(u64::try_from(user_ids.len()).unwrap_or(0))
 }
 
 /// A trial user becomes a paying customer of `plan`: the subscription converts, the trial
@@ -143,6 +156,7 @@ pub async fn convert(
     plan: &str,
     now: Millis,
 ) -> Result<bool> {
+    entitlement::lock_users(&mut *conn, &[user_id]).await?;
     let n = sqlx::query(
         "UPDATE subscriptions SET plan_type = $1, status = 'active', trial_converted = 1, converted_at = $2,
                                   current_period_start = $2, updated_at = $2
@@ -194,6 +208,7 @@ pub async fn extend(
         )]));
     }
     let by = days * DAY;
+    entitlement::lock_users(&mut *conn, &[user_id]).await?;
     let row: Option<(i64,)> = sqlx::query_as(
         "UPDATE subscriptions SET trial_ends = trial_ends + $1, current_period_end = current_period_end + $1, updated_at = $2
          WHERE user_id = $3 AND status = 'trial' RETURNING trial_ends",

@@ -27,9 +27,21 @@ impl Subnets {
         Ok(Self { v4, v6 })
     }
 
-    /// The largest usable host index (the broadcast address excluded).
+    /// The largest host index usable in both subnets (the IPv4 broadcast address excluded).
     pub fn max_host(&self) -> i64 {
-        (1i64 << (32 - u32::from(self.v4.1))) - 2
+        let v4 = (1i64 << (32 - u32::from(self.v4.1))) - 2;
+        match self.v6 {
+            Some((_, prefix)) => {
+                let bits = 128 - u32::from(prefix);
+                let v6 = if bits >= 62 {
+                    i64::MAX
+                } else {
+                    (1i64 << bits) - 1
+                };
+                v4.min(v6)
+            }
+            None => v4,
+        }
     }
 
     pub fn ipv4(&self, host: i64) -> Ipv4Addr {
@@ -198,6 +210,9 @@ mod tests {
         assert_eq!(s.ipv4(256).to_string(), "10.8.1.0");
         assert_eq!(s.ipv4(65_534).to_string(), "10.8.255.254");
         assert_eq!(s.ipv6(2).unwrap().to_string(), "fd12:3456:789a:1::2");
+        // A small IPv6 subnet bounds the host indexes too.
+        let narrow = Subnets::parse("10.0.0.0/8", Some("fd00::/112")).unwrap();
+        assert_eq!(narrow.max_host(), 65_535);
     }
 
     #[test]

@@ -54,6 +54,30 @@ type Row = (
     Option<i64>,
 );
 
+/// Serializes every change to these users' access (device adds and deletes, plan changes,
+/// suspension, VIP changes, trial expiry) on PostgreSQL by locking their rows, in id order,
+/// for the rest of the transaction; SQLite's single writer already serializes them. Always
+/// taken before any server row, so locks are acquired in one order everywhere. `NO KEY
+/// UPDATE` leaves foreign-key inserts that reference the user (sessions, audit) unblocked.
+pub async fn lock_users(conn: &mut AnyConnection, user_ids: &[i64]) -> Result<()> {
+    if user_ids.is_empty() || conn.backend_name() != "PostgreSQL" {
+        return Ok(());
+    }
+    let mut ids = user_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!(
+        "SELECT id FROM users WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
+        placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in &ids {
+        q = q.bind(*id);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
 pub async fn entitlement(
     conn: &mut AnyConnection,
     user_id: i64,
@@ -145,6 +169,7 @@ pub async fn reconcile(
     reason: &'static str,
     now: Millis,
 ) -> Result<(u64, u64)> {
+    lock_users(&mut *conn, &[user_id]).await?;
     let allowed = entitlement(&mut *conn, user_id, now).await?.allowed();
     let devices: Vec<DeviceRow> = sqlx::query_as(
         "SELECT id, server_id, public_key, ipv4_address, ipv6_address, status FROM devices
@@ -203,6 +228,7 @@ pub async fn disable_all_for_users(
     if user_ids.is_empty() {
         return Ok(0);
     }
+    lock_users(&mut *conn, user_ids).await?;
     let sql = format!(
         "SELECT id, server_id, public_key FROM devices WHERE status <> 'disabled' AND user_id IN ({}) ORDER BY id",
         placeholders(1, user_ids.len())

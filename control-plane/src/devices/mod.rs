@@ -19,7 +19,7 @@ use crate::clock::{HOUR, Millis, SharedClock, rfc3339};
 use crate::config::Settings;
 use crate::error::{Error, FieldError, Result};
 use crate::secret::Secret;
-use crate::storage::{Db, Engine, is_unique_violation};
+use crate::storage::{Db, is_unique_violation};
 
 use self::addresses::Subnets;
 use self::client_config::ConfigInput;
@@ -183,17 +183,9 @@ impl Devices {
         }
     }
 
-    /// Serializes a user's device changes on PostgreSQL (the limit check and the insert must
-    /// not interleave). SQLite's single writer already does. Taken before any server row, so
-    /// every device transaction locks in the same order.
+    /// Serializes a user's device changes with every other change to their access.
     async fn lock_user(&self, conn: &mut AnyConnection, user_id: i64) -> Result<()> {
-        if self.db.engine() == Engine::Postgres {
-            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
-                .bind(user_id)
-                .execute(conn)
-                .await?;
-        }
-        Ok(())
+        entitlement::lock_users(conn, &[user_id]).await
     }
 
     pub async fn create(&self, user_id: i64, input: NewDevice) -> Result<CreatedDevice> {
