@@ -14,6 +14,7 @@ use crate::automation::{Automation, UserRef};
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::{Overrides, Settings};
 use crate::error::{Error, Result};
+use crate::nodes::enrollment;
 use crate::secret::Secret;
 use crate::server::{self, Server};
 use crate::servers::{self, ServerInput};
@@ -94,6 +95,14 @@ enum AdminCommand {
     /// Manage VPN servers.
     #[command(subcommand)]
     Servers(ServersCommand),
+    /// Issue a single-use enrollment token for a server's node agent (printed once).
+    NodeToken {
+        #[arg(long)]
+        server: i64,
+        /// Default: enrollment_token_ttl_minutes (60).
+        #[arg(long)]
+        ttl_minutes: Option<u64>,
+    },
     /// Extend a running trial (the seed's "reply SAVE"): moves its end and pending steps.
     ExtendTrial {
         #[arg(long)]
@@ -220,7 +229,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let db = server::open_database(&settings).await?;
             let accounts = server::accounts(db.clone(), &settings, Arc::new(SystemClock))?;
             let automation = Automation::new(db.clone(), Arc::new(SystemClock), &settings)?;
-            let result = admin(&accounts, &automation, cmd).await;
+            let result = admin(&accounts, &automation, &settings, cmd).await;
             db.close().await;
             result
         }
@@ -230,6 +239,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 async fn admin(
     accounts: &crate::accounts::Accounts,
     automation: &Automation,
+    settings: &Settings,
     cmd: &AdminCommand,
 ) -> Result<()> {
     match cmd {
@@ -296,6 +306,25 @@ async fn admin(
             let server =
                 servers::retire(accounts.db(), *id, Actor::Cli, None, SystemClock.now_ms()).await?;
             out(&json(&server)?);
+        }
+        AdminCommand::NodeToken {
+            server,
+            ttl_minutes,
+        } => {
+            let ttl = ttl_minutes.map_or_else(
+                || server::enrollment_token_ttl(settings),
+                |m| i64::try_from(m).unwrap_or(60) * crate::clock::MINUTE,
+            );
+            let issued = enrollment::issue(
+                accounts.db(),
+                *server,
+                ttl,
+                Actor::Cli,
+                None,
+                SystemClock.now_ms(),
+            )
+            .await?;
+            out(&json(&issued)?);
         }
         AdminCommand::ExtendTrial { email, days } => {
             let extension = automation

@@ -82,6 +82,8 @@ pub struct Settings {
     pub client_dns: Vec<String>,
     /// How long a released tunnel address rests before another device may get it.
     pub address_quarantine_hours: u64,
+    /// Lifetime of a node enrollment token.
+    pub enrollment_token_ttl_minutes: u64,
 }
 
 /// How the SMTP connection is secured.
@@ -155,6 +157,7 @@ impl Default for Settings {
             .to_vec(),
             client_dns: vec!["1.1.1.1".to_owned(), "1.0.0.1".to_owned()],
             address_quarantine_hours: 24,
+            enrollment_token_ttl_minutes: 60,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod error;
 mod fsutil;
 pub mod identities;
 pub mod metrics;
+pub mod nodes;
 pub mod secret;
 pub mod server;
 pub mod servers;

@@ -114,7 +114,12 @@ fn http_settings(settings: &Settings) -> HttpSettings {
         trusted_proxies: settings.trusted_proxies.clone(),
         max_body_bytes: settings.max_body_bytes,
         request_timeout: Duration::from_secs(settings.request_timeout_secs),
+        enrollment_token_ttl: enrollment_token_ttl(settings),
     }
+}
+
+pub fn enrollment_token_ttl(settings: &Settings) -> crate::clock::Millis {
+    i64::try_from(settings.enrollment_token_ttl_minutes).unwrap_or(60) * crate::clock::MINUTE
 }
 
 /// Completes on SIGINT or SIGTERM.

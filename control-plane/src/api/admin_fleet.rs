@@ -11,6 +11,7 @@ use crate::accounts::ClientInfo;
 use crate::audit::Actor;
 use crate::billing::plans::{self, Plan, PlanUpdate};
 use crate::error::Error;
+use crate::nodes::enrollment::{self, IssuedToken};
 use crate::servers::{self, ServerInput, ServerView};
 
 use super::AppState;
@@ -21,6 +22,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/servers", get(list_servers).post(add_server))
         .route("/servers/{id}/retire", post(retire_server))
+        .route("/servers/{id}/enrollment-token", post(enrollment_token))
         .route("/plans/{code}", patch(update_plan))
         .route("/users/{id}/plan", post(change_plan))
         .route("/users/{id}/suspend", post(suspend))
@@ -162,4 +164,27 @@ pub async fn restore(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A single-use token (1 hour by default) for the server's node agent to enroll with.
+#[utoipa::path(post, path = "/api/v1/admin/servers/{id}/enrollment-token", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 201, body = IssuedToken), (status = 404, body = ErrorBody),
+                                          (status = 409, body = ErrorBody)))]
+pub async fn enrollment_token(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<IssuedToken>), Error> {
+    let ttl = state.enrollment_token_ttl();
+    let issued = enrollment::issue(
+        state.db(),
+        id,
+        ttl,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(issued)))
 }

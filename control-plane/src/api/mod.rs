@@ -50,6 +50,7 @@ struct Inner {
     auth_limiter: RateLimiter,
     trusted_proxies: Vec<IpAddr>,
     max_body_bytes: usize,
+    enrollment_token_ttl: crate::clock::Millis,
 }
 
 /// What the HTTP edge needs beyond the domain services.
@@ -60,6 +61,7 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<IpAddr>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub enrollment_token_ttl: crate::clock::Millis,
 }
 
 impl AppState {
@@ -84,6 +86,7 @@ impl AppState {
             ),
             trusted_proxies: settings.trusted_proxies.clone(),
             max_body_bytes: settings.max_body_bytes,
+            enrollment_token_ttl: settings.enrollment_token_ttl,
         }))
     }
 
@@ -101,6 +104,10 @@ impl AppState {
 
     pub(crate) fn db(&self) -> &Db {
         &self.0.db
+    }
+
+    pub(crate) fn enrollment_token_ttl(&self) -> crate::clock::Millis {
+        self.0.enrollment_token_ttl
     }
 
     pub(crate) fn now(&self) -> crate::clock::Millis {
