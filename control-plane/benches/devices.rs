@@ -48,6 +48,7 @@ async fn bench(
     let mut settings = Settings {
         data_dir: dir.path().join("data"),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
         auth_rate_limit_burst: u32::MAX,
         auth_rate_limit_per_minute: u32::MAX,
         workers_enabled: false,

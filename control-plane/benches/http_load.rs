@@ -134,6 +134,7 @@ async fn bench_engine(engine: &'static str, a: &Args) -> Vec<String> {
     let mut settings = Settings {
         data_dir: dir.path().join("data"),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
         auth_rate_limit_burst: u32::MAX,
         auth_rate_limit_per_minute: u32::MAX,
         ..Settings::default()

@@ -205,7 +205,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 database = server.state().accounts().db().engine().name(),
                 "control plane listening"
             );
-            tracing::info!(grpc = %settings.grpc_listen, "the node gRPC endpoint is not served by this version yet");
+            tracing::info!(grpc = %server.grpc_addr()?, "node gRPC listening (TLS; the agent's CA is node-ca.pem in the data directory)");
             server.run(server::shutdown_signal()).await
         }
         Command::Migrate => {

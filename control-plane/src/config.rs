@@ -84,6 +84,8 @@ pub struct Settings {
     pub address_quarantine_hours: u64,
     /// Lifetime of a node enrollment token.
     pub enrollment_token_ttl_minutes: u64,
+    /// Names (DNS or IP) in the gRPC listener's certificate: what agents dial.
+    pub grpc_server_names: Vec<String>,
 }
 
 /// How the SMTP connection is secured.
@@ -158,6 +160,7 @@ impl Default for Settings {
             client_dns: vec!["1.1.1.1".to_owned(), "1.0.0.1".to_owned()],
             address_quarantine_hours: 24,
             enrollment_token_ttl_minutes: 60,
+            grpc_server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
         }
     }
 }

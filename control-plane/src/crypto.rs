@@ -18,6 +18,16 @@ pub fn random_token(bytes: usize) -> Secret {
     Secret::new(URL_SAFE_NO_PAD.encode(buf))
 }
 
+/// `n` random bytes from the OS CSPRNG.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    #[allow(clippy::expect_used)]
+    SystemRandom::new()
+        .fill(&mut buf)
+        .expect("the operating system's random number generator failed");
+    buf
+}
+
 /// Hex SHA-256: how bearer secrets (refresh, verification, reset tokens) are stored and looked
 /// up. Tokens carry 256 bits of entropy, so a fast digest is enough; no salt is needed.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod devices;
 pub mod error;
 mod fsutil;
+pub mod grpc;
 pub mod identities;
 pub mod metrics;
 pub mod nodes;

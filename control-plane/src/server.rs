@@ -17,6 +17,8 @@ use crate::config::Settings;
 use crate::devices::Devices;
 use crate::error::{Error, Result};
 use crate::fsutil::create_private_dir;
+use crate::grpc::NodeGrpc;
+use crate::nodes::ca::CertificateAuthority;
 use crate::storage::Db;
 
 /// Opens (creating on first start) the data directory and the database, and migrates it.
@@ -47,11 +49,19 @@ pub struct Server {
     router: Router,
     state: AppState,
     workers_enabled: bool,
+    grpc_listener: TcpListener,
+    grpc: NodeGrpc,
+    grpc_names: Vec<String>,
 }
 
 impl Server {
     pub async fn bind(settings: &Settings, clock: SharedClock) -> Result<Self> {
         let db = open_database(settings).await?;
+        let ca = Arc::new(CertificateAuthority::load_or_create(
+            &settings.data_dir,
+            clock.now_ms(),
+        )?);
+        let grpc = NodeGrpc::new(db.clone(), Arc::clone(&clock), ca);
         let automation = Arc::new(Automation::new(db.clone(), Arc::clone(&clock), settings)?);
         let devices = Devices::new(db.clone(), Arc::clone(&clock), settings);
         let state = AppState::new(
@@ -70,11 +80,18 @@ impl Server {
             router: api::router(state.clone(), timeout),
             state,
             workers_enabled: settings.workers_enabled,
+            grpc_listener: crate::grpc::bind(settings.grpc_listen).await?,
+            grpc,
+            grpc_names: settings.grpc_server_names.clone(),
         })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
         self.listener.local_addr().map_err(Error::internal)
+    }
+
+    pub fn grpc_addr(&self) -> Result<SocketAddr> {
+        self.grpc_listener.local_addr().map_err(Error::internal)
     }
 
     pub fn state(&self) -> &AppState {
@@ -87,10 +104,17 @@ impl Server {
         let db = self.state.accounts().db().clone();
         let (stop, stopped) = watch::channel(false);
         let workers = if self.workers_enabled {
-            self.state.automation().spawn(stopped)
+            self.state.automation().spawn(stopped.clone())
         } else {
             Vec::new()
         };
+        let mut grpc_stop = stopped.clone();
+        let grpc = tokio::spawn(
+            self.grpc
+                .serve(self.grpc_listener, self.grpc_names, async move {
+                    let _ = grpc_stop.wait_for(|stop| *stop).await;
+                }),
+        );
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -101,6 +125,9 @@ impl Server {
         let _ = stop.send(true);
         for worker in workers {
             let _ = worker.await;
+        }
+        if let Ok(Err(e)) = grpc.await {
+            tracing::error!(error = %e, "the gRPC server stopped with an error");
         }
         db.close().await;
         served

@@ -36,7 +36,13 @@ fn free_port() -> u16 {
 
 async fn start_serve(cwd: &Path, port: u16) -> Running {
     let child = Command::new(BIN)
-        .args(["serve", "--http-listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--http-listen",
+            &format!("127.0.0.1:{port}"),
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(cwd)
         .env_remove("TRUEVAULT_CONFIG")
         .env("TRUEVAULT_LOG", "warn")
@@ -77,6 +83,7 @@ async fn serve_starts_with_no_config_and_creates_private_files() {
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("jwt-signing-key.pem")), 0o600);
     assert_eq!(mode(&data.join("truevault.db")), 0o600);
+    assert_eq!(mode(&data.join("node-ca.key")), 0o600, "the node CA's key");
     let resp = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
         .await
         .unwrap();

@@ -97,3 +97,195 @@ async fn enrollment_tokens_work_once_for_an_hour_and_only_for_operators(engine: 
         3
     );
 }
+
+mod mtls {
+    use super::*;
+
+    engine_tests!(enrollment_and_renewal_over_mtls_refuse_everything_else);
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A node's TLS key and a CSR for it, made on the "node".
+fn node_key_and_csr() -> (rcgen::KeyPair, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    (key, csr.der().to_vec())
+}
+
+async fn client(
+    app: &TestApp,
+    identity: Option<(String, String)>,
+) -> Result<
+    truevault_proto::v1::node_service_client::NodeServiceClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let ca = std::fs::read_to_string(app.settings.data_dir.join("node-ca.pem")).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", app.grpc_addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(truevault_proto::v1::node_service_client::NodeServiceClient::new(channel))
+}
+
+async fn enrollment_and_renewal_over_mtls_refuse_everything_else(engine: Engine) {
+    use tonic::Code;
+    use truevault_proto::v1::{EnrollRequest, RenewRequest};
+
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let admin = app.admin_token().await;
+    let url = format!("/api/v1/admin/servers/{server_id}/enrollment-token");
+    let (_, issued) = app.post_auth(&url, &admin, None).await;
+    let token = issued["token"].as_str().unwrap().to_owned();
+    let wg_key = common::base64_key(42);
+
+    // Enroll: no client certificate needed; the token is the credential.
+    let (node_key, csr) = node_key_and_csr();
+    let mut anonymous = client(&app, None).await.unwrap();
+    let enroll = |token: String, csr: Vec<u8>, wg: String| EnrollRequest {
+        token,
+        csr_der: csr,
+        wireguard_public_key: wg,
+        hostname: "node-1".into(),
+        agent_version: "test".into(),
+    };
+    let enrolled = anonymous
+        .enroll(enroll(token.clone(), csr.clone(), wg_key.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(enrolled.node_id, server_id.to_string());
+    assert_eq!(
+        enrolled.interface.as_ref().unwrap().addresses,
+        ["10.8.0.1/16", "fd00:1:2:3::1/64"]
+    );
+    assert!(!enrolled.ca_certificate_der.is_empty());
+    let (stored_key,): (String,) =
+        sqlx::query_as("SELECT wg_public_key FROM vpn_servers WHERE id = $1")
+            .bind(server_id)
+            .fetch_one(app.db().pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        stored_key, wg_key,
+        "the node's WireGuard key is stored on its server"
+    );
+
+    // A reused token, a made-up one, a bad CSR and a bad key are refused.
+    let status = anonymous
+        .enroll(enroll(token.clone(), csr.clone(), wg_key.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let (_, fresh) = app.post_auth(&url, &admin, None).await;
+    let fresh = fresh["token"].as_str().unwrap().to_owned();
+    let status = anonymous
+        .enroll(enroll(fresh.clone(), vec![1, 2, 3], wg_key.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = anonymous
+        .enroll(enroll(fresh, csr.clone(), "not a key".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Renew needs a client certificate: none is refused.
+    let status = anonymous
+        .renew(RenewRequest {
+            csr_der: csr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // With the enrolled certificate, renewal works.
+    let identity = (
+        pem("CERTIFICATE", &enrolled.certificate_der),
+        node_key.serialize_pem(),
+    );
+    let mut node = client(&app, Some(identity.clone())).await.unwrap();
+    let renewed = node
+        .renew(RenewRequest {
+            csr_der: csr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!renewed.certificate_der.is_empty());
+    assert_eq!(app.count("SELECT COUNT(*) FROM node_certificates").await, 2);
+
+    // A certificate from another CA does not get through the TLS handshake.
+    let rogue_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut rogue_ca = rcgen::CertificateParams::default();
+    rogue_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue_ca_cert = rogue_ca.self_signed(&rogue_ca_key).unwrap();
+    let rogue_issuer = rcgen::Issuer::new(rogue_ca, rogue_ca_key);
+    let mut forged = rcgen::CertificateParams::default();
+    forged
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("node:{server_id}"));
+    let forged = forged.signed_by(&node_key, &rogue_issuer).unwrap();
+    let _ = rogue_ca_cert;
+    let refused = match client(&app, Some((forged.pem(), node_key.serialize_pem()))).await {
+        Err(_) => true,
+        Ok(mut c) => c
+            .renew(RenewRequest {
+                csr_der: csr.clone(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a certificate from another CA must be refused");
+
+    // A revoked serial is refused.
+    sqlx::query("UPDATE node_certificates SET revoked_at = 1")
+        .execute(app.db().pool())
+        .await
+        .unwrap();
+    let mut node = client(&app, Some(identity)).await.unwrap();
+    let status = node
+        .renew(RenewRequest {
+            csr_der: csr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // An expired enrollment token is refused like a used one.
+    let (_, late) = app.post_auth(&url, &admin, None).await;
+    app.advance(Duration::from_secs(3601));
+    let status = anonymous
+        .enroll(enroll(
+            late["token"].as_str().unwrap().to_owned(),
+            csr,
+            common::base64_key(43),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}

@@ -356,7 +356,13 @@ async fn two_processes_on_postgres_never_run_one_task_twice() {
                     "--database-url",
                     &pg.url,
                 ])
-                .args(["serve", "--http-listen", "127.0.0.1:0"])
+                .args([
+                    "serve",
+                    "--http-listen",
+                    "127.0.0.1:0",
+                    "--grpc-listen",
+                    "127.0.0.1:0",
+                ])
                 .env("TRUEVAULT_LOG", "warn")
                 .env("TRUEVAULT_WORKER_POLL_INTERVAL_MS", "20")
                 .stdout(Stdio::null())

@@ -145,6 +145,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub state: AppState,
     pub settings: Settings,
+    /// The node gRPC listener.
+    pub grpc_addr: std::net::SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     _pg: Option<Arc<PgDatabase>>,
     _dir: Arc<TempDir>,
@@ -164,6 +166,7 @@ impl TestApp {
         let mut settings = Settings {
             data_dir: dir.path().join("data"),
             http_listen: "127.0.0.1:0".parse().unwrap(),
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
             database_url: pg
                 .as_ref()
                 .map(|p| truevault_control_plane::secret::Secret::new(p.url.clone())),
@@ -202,6 +205,7 @@ impl TestApp {
             .await
             .expect("start the control plane");
         let addr = server.local_addr().unwrap();
+        let grpc_addr = server.grpc_addr().unwrap();
         let state = server.state().clone();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(server.run(async move {
@@ -216,6 +220,7 @@ impl TestApp {
             clock,
             state,
             settings,
+            grpc_addr,
             shutdown: Some(tx),
             _pg: pg,
             _dir: dir,
