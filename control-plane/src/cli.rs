@@ -103,6 +103,11 @@ enum AdminCommand {
         #[arg(long)]
         ttl_minutes: Option<u64>,
     },
+    /// Revoke every certificate of a server's node agent (it must enroll again).
+    RevokeNode {
+        #[arg(long)]
+        server: i64,
+    },
     /// Extend a running trial (the seed's "reply SAVE"): moves its end and pending steps.
     ExtendTrial {
         #[arg(long)]
@@ -325,6 +330,19 @@ async fn admin(
             )
             .await?;
             out(&json(&issued)?);
+        }
+        AdminCommand::RevokeNode { server } => {
+            let revoked = enrollment::revoke_certificates(
+                accounts.db(),
+                *server,
+                Actor::Cli,
+                None,
+                SystemClock.now_ms(),
+            )
+            .await?;
+            out(&format!(
+                "revoked {revoked} certificate(s) of server {server}"
+            ));
         }
         AdminCommand::ExtendTrial { email, days } => {
             let extension = automation

@@ -262,11 +262,19 @@ async fn enrollment_and_renewal_over_mtls_refuse_everything_else(engine: Engine)
     };
     assert!(refused, "a certificate from another CA must be refused");
 
-    // A revoked serial is refused.
-    sqlx::query("UPDATE node_certificates SET revoked_at = 1")
-        .execute(app.db().pool())
-        .await
-        .unwrap();
+    // An operator revokes the node's certificates: its calls are refused from then on.
+    let (status, body) = app
+        .post_auth(
+            &format!("/api/v1/admin/servers/{server_id}/revoke-certificates"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["revoked"].as_i64()),
+        (StatusCode::OK, Some(2)),
+        "{body}"
+    );
     let mut node = client(&app, Some(identity)).await.unwrap();
     let status = node
         .renew(RenewRequest {

@@ -23,6 +23,10 @@ pub fn routes() -> Router<AppState> {
         .route("/servers", get(list_servers).post(add_server))
         .route("/servers/{id}/retire", post(retire_server))
         .route("/servers/{id}/enrollment-token", post(enrollment_token))
+        .route(
+            "/servers/{id}/revoke-certificates",
+            post(revoke_certificates),
+        )
         .route("/plans/{code}", patch(update_plan))
         .route("/users/{id}/plan", post(change_plan))
         .route("/users/{id}/suspend", post(suspend))
@@ -187,4 +191,29 @@ pub async fn enrollment_token(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(issued)))
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Revoked {
+    pub revoked: u64,
+}
+
+/// Revoke every certificate of the server's node; it must enroll again.
+#[utoipa::path(post, path = "/api/v1/admin/servers/{id}/revoke-certificates", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)))]
+pub async fn revoke_certificates(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<Json<Revoked>, Error> {
+    let revoked = enrollment::revoke_certificates(
+        state.db(),
+        id,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await?;
+    Ok(Json(Revoked { revoked }))
 }

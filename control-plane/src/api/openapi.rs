@@ -17,7 +17,7 @@ use super::{admin, admin_fleet, auth, devices, error, me};
         devices::list_plans, devices::list_servers, devices::validate_promo, devices::list_devices,
         devices::create_device, devices::rename_device, devices::delete_device, devices::rotate_key,
         devices::device_config, devices::device_qr_png, devices::device_qr_svg,
-        admin_fleet::list_servers, admin_fleet::add_server, admin_fleet::retire_server, admin_fleet::enrollment_token,
+        admin_fleet::list_servers, admin_fleet::add_server, admin_fleet::retire_server, admin_fleet::enrollment_token, admin_fleet::revoke_certificates,
         admin_fleet::update_plan, admin_fleet::change_plan, admin_fleet::suspend, admin_fleet::restore,
     ),
     components(schemas(error::ErrorBody, error::ErrorObject)),

@@ -105,3 +105,45 @@ pub async fn consume(conn: &mut AnyConnection, token: &str, now: Millis) -> Resu
             "the enrollment token is invalid, used or expired",
         ))
 }
+
+/// Revokes every certificate issued to a server's node (a stolen or rebuilt machine): its
+/// calls are refused from now on, and it must enroll again with a new token.
+pub async fn revoke_certificates(
+    db: &Db,
+    server_id: i64,
+    actor: Actor,
+    ip: Option<IpAddr>,
+    now: Millis,
+) -> Result<u64> {
+    let mut tx = db.begin_write().await?;
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM vpn_servers WHERE id = $1")
+        .bind(server_id)
+        .fetch_optional(tx.conn())
+        .await?;
+    if exists.is_none() {
+        return Err(Error::NotFound("server"));
+    }
+    let revoked = sqlx::query(
+        "UPDATE node_certificates SET revoked_at = $1 WHERE server_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(server_id)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    audit::record(
+        tx.conn(),
+        audit::Entry {
+            actor,
+            action: "node.certificates_revoked",
+            target_type: Some("server"),
+            target_id: Some(server_id.to_string()),
+            details: serde_json::json!({ "revoked": revoked }),
+            ip,
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(revoked)
+}
