@@ -33,11 +33,6 @@ use truevault_control_plane::servers::{self, ServerInput};
 
 use support::{Flags, PgBench};
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 async fn bench(
     engine: &'static str,
     total: usize,
@@ -141,8 +136,8 @@ async fn bench(
         rows.push(format!(
             "| {engine} | {done} to {stage_end} | {n} | {:.0}/s | {:.2} ms | {:.2} ms | {errors} |",
             n as f64 / elapsed,
-            pct(&sorted, 0.5),
-            pct(&sorted, 0.99)
+            support::percentile_ms(&sorted, 0.5),
+            support::percentile_ms(&sorted, 0.99)
         ));
         done = stage_end;
     }

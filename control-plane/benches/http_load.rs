@@ -61,15 +61,9 @@ struct Stats {
 
 impl Stats {
     fn pct(&self, p: f64) -> f64 {
-        let mut v = self.latencies.clone();
-        v.sort();
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let idx = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
-        v[idx].as_secs_f64() * 1000.0
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        support::percentile_ms(&sorted, p)
     }
 
     #[allow(clippy::cast_precision_loss)]

@@ -20,7 +20,8 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn label(self) -> String {
+    /// `user:<id>`, `cli` or `system`, as recorded in the audit log.
+    pub fn label(self) -> String {
         match self {
             Self::User(id) => format!("user:{id}"),
             Self::Cli => "cli".to_owned(),

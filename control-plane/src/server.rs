@@ -140,7 +140,6 @@ fn http_settings(settings: &Settings) -> HttpSettings {
         auth_rate_limit_per_minute: settings.auth_rate_limit_per_minute,
         trusted_proxies: settings.trusted_proxies.clone(),
         max_body_bytes: settings.max_body_bytes,
-        request_timeout: Duration::from_secs(settings.request_timeout_secs),
         enrollment_token_ttl: enrollment_token_ttl(settings),
     }
 }

@@ -29,6 +29,15 @@ pub const REGION_COUNTRIES: &[(&str, &str)] = &[
     ("asia-jp", "Japan"),
 ];
 
+/// A region name such as `us-east`: lower-case letters, digits and dashes, 1 to 32.
+pub fn is_region_name(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 pub fn country_of(region: &str) -> Option<&'static str> {
     REGION_COUNTRIES
         .iter()
@@ -130,12 +139,7 @@ pub async fn create(
         .map(str::trim)
         .unwrap_or_default()
         .to_owned();
-    if region.is_empty()
-        || region.len() > 32
-        || !region
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
+    if !is_region_name(&region) {
         problems.push(field("region", "invalid", "a region such as us-east"));
     }
     let country = input

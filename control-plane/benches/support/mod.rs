@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection as _, Executor as _};
 
@@ -74,4 +75,15 @@ impl PgBench {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         conn.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
     }
+}
+
+/// The `p` quantile (0 to 1) of sorted latencies, in milliseconds (nearest rank).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
 }

@@ -60,7 +60,6 @@ pub struct HttpSettings {
     pub auth_rate_limit_per_minute: u32,
     pub trusted_proxies: Vec<IpAddr>,
     pub max_body_bytes: usize,
-    pub request_timeout: Duration,
     pub enrollment_token_ttl: crate::clock::Millis,
 }
 

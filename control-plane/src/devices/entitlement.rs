@@ -155,13 +155,6 @@ pub fn limit_reached(current: i64, max: i64) -> Error {
 
 type DeviceRow = (i64, i64, String, String, Option<String>, String);
 
-fn allowed_ips(ipv4: &str, ipv6: Option<&str>) -> String {
-    match ipv6 {
-        Some(v6) => format!("{ipv4}/32, {v6}/128"),
-        None => format!("{ipv4}/32"),
-    }
-}
-
 /// Makes a user's devices match their entitlement. Returns (disabled, re-enabled).
 pub async fn reconcile(
     conn: &mut AnyConnection,
@@ -207,7 +200,7 @@ pub async fn reconcile(
             server_id,
             op,
             device_id: Some(id),
-            allowed_ips: should_run.then(|| allowed_ips(&ipv4, ipv6.as_deref())),
+            allowed_ips: should_run.then(|| peers::allowed_ips(&ipv4, ipv6.as_deref())),
             public_key: key,
             old_public_key: None,
             reason,

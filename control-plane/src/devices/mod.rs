@@ -191,35 +191,21 @@ impl Devices {
     pub async fn create(&self, user_id: i64, input: NewDevice) -> Result<CreatedDevice> {
         let mut problems = Vec::new();
         let name = match input.name.as_deref() {
-            Some(n) => validate_name(n)
-                .map_err(|e| {
-                    if let Error::Validation(mut l) = e {
-                        problems.append(&mut l)
-                    }
-                })
-                .ok(),
+            Some(n) => gather(validate_name(n), &mut problems)?,
             None => None,
         };
         let (public_key, generated) = match input.public_key.as_deref() {
-            Some(k) => match keys::parse_public_key("public_key", k) {
-                Ok(k) => (Some(k), None),
-                Err(Error::Validation(mut l)) => {
-                    problems.append(&mut l);
-                    (None, None)
-                }
-                Err(e) => return Err(e),
-            },
+            Some(k) => (
+                gather(keys::parse_public_key("public_key", k), &mut problems)?,
+                None,
+            ),
             None => {
                 let pair = keys::generate_key_pair()?;
                 (Some(pair.public_key.clone()), Some(pair.private_key))
             }
         };
         if let Some(region) = input.region.as_deref()
-            && (region.is_empty()
-                || region.len() > 32
-                || !region
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+            && !crate::servers::is_region_name(region)
         {
             problems.push(FieldError::new(
                 "region",
@@ -318,7 +304,7 @@ impl Devices {
                 server_id: server.id,
                 op: Op::Upsert,
                 device_id: Some(device_id),
-                allowed_ips: Some(allowed_ips(&ipv4, ipv6.as_deref())),
+                allowed_ips: Some(peers::allowed_ips(&ipv4, ipv6.as_deref())),
                 public_key,
                 old_public_key: None,
                 reason: "device_added",
@@ -552,7 +538,7 @@ impl Devices {
                     server_id: before.server_id,
                     op: Op::Upsert,
                     device_id: Some(before.id),
-                    allowed_ips: Some(allowed_ips(
+                    allowed_ips: Some(peers::allowed_ips(
                         &before.view.ipv4_address,
                         before.view.ipv6_address.as_deref(),
                     )),
@@ -582,15 +568,21 @@ impl Devices {
     }
 }
 
+/// Moves a validation error's field problems into `problems` (so every problem is reported
+/// at once); other errors pass through.
+fn gather<T>(result: Result<T>, problems: &mut Vec<FieldError>) -> Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::Validation(mut list)) => {
+            problems.append(&mut list);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum DeviceRef<'a> {
     Id(i64),
     Uuid(&'a str),
-}
-
-fn allowed_ips(ipv4: &str, ipv6: Option<&str>) -> String {
-    match ipv6 {
-        Some(v6) => format!("{ipv4}/32, {v6}/128"),
-        None => format!("{ipv4}/32"),
-    }
 }

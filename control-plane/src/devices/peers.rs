@@ -85,3 +85,11 @@ pub async fn record(
     }
     Ok(revisions)
 }
+
+/// The allowed IPs a node installs for a device: its two host addresses.
+pub fn allowed_ips(ipv4: &str, ipv6: Option<&str>) -> String {
+    match ipv6 {
+        Some(v6) => format!("{ipv4}/32, {v6}/128"),
+        None => format!("{ipv4}/32"),
+    }
+}

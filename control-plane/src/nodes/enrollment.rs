@@ -62,7 +62,7 @@ pub async fn issue(
     )
     .bind(server_id)
     .bind(sha256_hex(token.expose().as_bytes()))
-    .bind(format!("{actor:?}"))
+    .bind(actor.label())
     .bind(now)
     .bind(now + ttl)
     .execute(tx.conn())
