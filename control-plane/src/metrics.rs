@@ -1,8 +1,9 @@
-//! Prometheus metrics of the HTTP edge, exposed at `/metrics`.
+//! Prometheus metrics of the HTTP edge and the node channel, exposed at `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -26,6 +27,12 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: DurationFamily,
+    /// Connected node sessions on this replica.
+    pub node_sessions: Gauge,
+    /// From a peer change's commit to the node's acknowledgement of it.
+    pub peer_propagation: Histogram,
+    /// Peers a node reported it could not apply.
+    pub peer_apply_errors: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -49,10 +56,31 @@ impl Default for Metrics {
             "HTTP request latency by route",
             http_duration.clone(),
         );
+        let node_sessions = Gauge::default();
+        registry.register(
+            "node_sessions",
+            "Node Sync streams open on this replica",
+            node_sessions.clone(),
+        );
+        let peer_propagation = duration_histogram();
+        registry.register(
+            "peer_propagation_seconds",
+            "Time from a committed peer change to the node's acknowledgement",
+            peer_propagation.clone(),
+        );
+        let peer_apply_errors = Counter::default();
+        registry.register(
+            "peer_apply_errors",
+            "Peers that nodes reported they could not apply",
+            peer_apply_errors.clone(),
+        );
         Self {
             registry,
             http_requests,
             http_duration,
+            node_sessions,
+            peer_propagation,
+            peer_apply_errors,
         }
     }
 }

@@ -18,7 +18,10 @@ use crate::devices::Devices;
 use crate::error::{Error, Result};
 use crate::fsutil::create_private_dir;
 use crate::grpc::NodeGrpc;
+use crate::metrics::Metrics;
 use crate::nodes::ca::CertificateAuthority;
+use crate::nodes::hub::Hub;
+use crate::secret::Secret;
 use crate::storage::Db;
 
 /// Opens (creating on first start) the data directory and the database, and migrates it.
@@ -52,6 +55,9 @@ pub struct Server {
     grpc_listener: TcpListener,
     grpc: NodeGrpc,
     grpc_names: Vec<String>,
+    hub: Arc<Hub>,
+    database_url: Secret,
+    clock: SharedClock,
 }
 
 impl Server {
@@ -61,14 +67,23 @@ impl Server {
             &settings.data_dir,
             clock.now_ms(),
         )?);
-        let grpc = NodeGrpc::new(db.clone(), Arc::clone(&clock), ca);
+        let hub = Arc::new(Hub::default());
+        let metrics = Arc::new(Metrics::default());
+        let grpc = NodeGrpc::new(
+            db.clone(),
+            Arc::clone(&clock),
+            ca,
+            Arc::clone(&hub),
+            Arc::clone(&metrics),
+        );
         let automation = Arc::new(Automation::new(db.clone(), Arc::clone(&clock), settings)?);
         let devices = Devices::new(db.clone(), Arc::clone(&clock), settings);
         let state = AppState::new(
             accounts(db, settings, Arc::clone(&clock))?,
             automation,
             devices,
-            clock,
+            Arc::clone(&clock),
+            metrics,
             &http_settings(settings),
         );
         let timeout = Duration::from_secs(settings.request_timeout_secs);
@@ -83,6 +98,9 @@ impl Server {
             grpc_listener: crate::grpc::bind(settings.grpc_listen).await?,
             grpc,
             grpc_names: settings.grpc_server_names.clone(),
+            hub,
+            database_url: Secret::new(settings.database_url()),
+            clock,
         })
     }
 
@@ -108,6 +126,12 @@ impl Server {
         } else {
             Vec::new()
         };
+        let hub = tokio::spawn(Arc::clone(&self.hub).run(
+            db.clone(),
+            self.database_url.expose().to_owned(),
+            self.clock,
+            stopped.clone(),
+        ));
         let mut grpc_stop = stopped.clone();
         let grpc = tokio::spawn(
             self.grpc
@@ -126,6 +150,7 @@ impl Server {
         for worker in workers {
             let _ = worker.await;
         }
+        let _ = hub.await;
         if let Ok(Err(e)) = grpc.await {
             tracing::error!(error = %e, "the gRPC server stopped with an error");
         }

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::node::{client, node_key_and_csr, pem};
 use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
 use truevault_control_plane::clock::Clock as _;
@@ -102,52 +103,6 @@ mod mtls {
     use super::*;
 
     engine_tests!(enrollment_and_renewal_over_mtls_refuse_everything_else);
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
-/// A node's TLS key and a CSR for it, made on the "node".
-fn node_key_and_csr() -> (rcgen::KeyPair, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap();
-    (key, csr.der().to_vec())
-}
-
-async fn client(
-    app: &TestApp,
-    identity: Option<(String, String)>,
-) -> Result<
-    truevault_proto::v1::node_service_client::NodeServiceClient<tonic::transport::Channel>,
-    tonic::transport::Error,
-> {
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-    let ca = std::fs::read_to_string(app.settings.data_dir.join("node-ca.pem")).unwrap();
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", app.grpc_addr.port()))
-        .unwrap()
-        .tls_config(tls)?
-        .connect()
-        .await?;
-    Ok(truevault_proto::v1::node_service_client::NodeServiceClient::new(channel))
 }
 
 async fn enrollment_and_renewal_over_mtls_refuse_everything_else(engine: Engine) {

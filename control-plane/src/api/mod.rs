@@ -46,7 +46,7 @@ struct Inner {
     devices: Devices,
     clock: SharedClock,
     db: Db,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     auth_limiter: RateLimiter,
     trusted_proxies: Vec<IpAddr>,
     max_body_bytes: usize,
@@ -69,6 +69,7 @@ impl AppState {
         automation: Arc<Automation>,
         devices: Devices,
         clock: SharedClock,
+        metrics: Arc<Metrics>,
         settings: &HttpSettings,
     ) -> Self {
         let db = accounts.db().clone();
@@ -78,7 +79,7 @@ impl AppState {
             devices,
             clock,
             db,
-            metrics: Metrics::default(),
+            metrics,
             auth_limiter: RateLimiter::new(
                 settings.auth_rate_limit_burst,
                 settings.auth_rate_limit_per_minute,

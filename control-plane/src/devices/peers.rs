@@ -59,6 +59,15 @@ pub async fn record(
         .fetch_one(&mut *conn)
         .await?;
         next.insert(server_id, last - count + 1);
+        // PostgreSQL delivers a NOTIFY on commit (never on rollback) to every replica's
+        // listener, which wakes that node's session (see `nodes::hub`).
+        if conn.backend_name() == "PostgreSQL" {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(crate::nodes::hub::PEER_CHANGES_CHANNEL)
+                .bind(format!("{server_id}:{last}"))
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     let mut revisions = Vec::with_capacity(changes.len());
     for c in changes {

@@ -4,6 +4,7 @@
 //! serial is refused.
 
 mod status;
+mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,15 +15,17 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use truevault_proto::v1::node_service_server::{NodeService, NodeServiceServer};
 use truevault_proto::v1::{
-    AgentMessage, ControlMessage, EnrollRequest, EnrollResponse, InterfaceSettings, RenewRequest,
-    RenewResponse,
+    AgentMessage, ControlMessage, EnrollRequest, EnrollResponse, RenewRequest, RenewResponse,
 };
 
 use crate::clock::{Millis, SharedClock};
 use crate::devices::keys::parse_public_key;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::nodes::ca::{self, CertificateAuthority, NodeCertificate};
 use crate::nodes::enrollment;
+use crate::nodes::hub::Hub;
+use crate::nodes::session;
 use crate::storage::{Db, is_unique_violation};
 
 #[derive(Debug, Clone)]
@@ -30,11 +33,25 @@ pub struct NodeGrpc {
     db: Db,
     clock: SharedClock,
     ca: Arc<CertificateAuthority>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeGrpc {
-    pub fn new(db: Db, clock: SharedClock, ca: Arc<CertificateAuthority>) -> Self {
-        Self { db, clock, ca }
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        ca: Arc<CertificateAuthority>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            db,
+            clock,
+            ca,
+            hub,
+            metrics,
+        }
     }
 
     /// Serves on `listener` with TLS from the CA (client certificates optional at the TLS
@@ -147,7 +164,7 @@ impl NodeGrpc {
             certificate_der: cert.der,
             ca_certificate_der: self.ca.ca_der().to_vec(),
             not_after_ms: cert.not_after,
-            interface: Some(interface_settings(&v4, v6.as_deref(), port)),
+            interface: Some(session::interface_settings(&v4, v6.as_deref(), port)),
         })
     }
 
@@ -163,22 +180,6 @@ impl NodeGrpc {
             certificate_der: cert.der,
             not_after_ms: cert.not_after,
         })
-    }
-}
-
-/// The server's own addresses (host 1 of each subnet) and WireGuard settings.
-fn interface_settings(v4: &str, v6: Option<&str>, port: i64) -> InterfaceSettings {
-    let mut addresses = Vec::new();
-    if let Ok(subnets) = crate::devices::addresses::Subnets::parse(v4, v6) {
-        addresses.push(format!("{}/{}", subnets.ipv4(1), subnets.v4.1));
-        if let (Some(addr), Some((_, prefix))) = (subnets.ipv6(1), subnets.v6) {
-            addresses.push(format!("{addr}/{prefix}"));
-        }
-    }
-    InterfaceSettings {
-        addresses,
-        listen_port: u32::try_from(port).unwrap_or(51820),
-        mtu: 1420,
     }
 }
 
@@ -209,12 +210,13 @@ impl NodeService for NodeGrpc {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> std::result::Result<Response<Self::SyncStream>, Status> {
-        self.authenticate(&request).await?;
-        // Node sessions (snapshots, changes, acknowledgements, heartbeats) are the next part
-        // of the node channel; until then an authenticated node is told so plainly.
-        Err(Status::unimplemented(
-            "node sessions are not available in this version",
-        ))
+        let server_id = self.authenticate(&request).await?;
+        let (out, stream) = tokio::sync::mpsc::channel(sync::OUTBOUND_BUFFER);
+        let node = sync::NodeStream::new(self.clone(), server_id, request.into_inner(), out);
+        tokio::spawn(node.run());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(stream),
+        )))
     }
 }
 

@@ -1,5 +1,8 @@
-//! Nodes: the VPN servers' agents and their channel to the control plane. This part holds
-//! enrollment tokens; the certificate authority and the `Sync` sessions build on it.
+//! Nodes: the VPN servers' agents and their channel to the control plane: enrollment tokens,
+//! the certificate authority, and the `Sync` sessions (their reads and writes, and the hub
+//! that wakes them when peers change).
 
 pub mod ca;
 pub mod enrollment;
+pub mod hub;
+pub mod session;

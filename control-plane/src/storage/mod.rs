@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 use crate::error::{Error, Result};
 
@@ -54,6 +54,8 @@ pub struct Db {
     /// SQLite has one writer at a time. Queuing writers here, in the process, keeps them off
     /// SQLite's busy-wait loop; readers are not affected (WAL).
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// Notified after every write commit (coalesced): wakes the node hub on SQLite.
+    commits: Arc<Notify>,
 }
 
 /// A write transaction. On SQLite it is `BEGIN IMMEDIATE` and holds the process's write turn;
@@ -63,6 +65,7 @@ pub struct Db {
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
     _turn: Option<OwnedMutexGuard<()>>,
+    commits: Arc<Notify>,
 }
 
 impl WriteTx {
@@ -72,6 +75,7 @@ impl WriteTx {
 
     pub async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
+        self.commits.notify_one();
         Ok(())
     }
 
@@ -126,7 +130,13 @@ impl Db {
             pool,
             engine,
             sqlite_writer: (engine == Engine::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            commits: Arc::new(Notify::new()),
         })
+    }
+
+    /// Notified (one stored permit) after write commits; see `nodes::hub`.
+    pub fn commits(&self) -> Arc<Notify> {
+        Arc::clone(&self.commits)
     }
 
     pub fn engine(&self) -> Engine {
@@ -146,11 +156,13 @@ impl Db {
                 Ok(WriteTx {
                     tx,
                     _turn: Some(turn),
+                    commits: Arc::clone(&self.commits),
                 })
             }
             None => Ok(WriteTx {
                 tx: self.pool.begin().await?,
                 _turn: None,
+                commits: Arc::clone(&self.commits),
             }),
         }
     }

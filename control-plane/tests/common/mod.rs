@@ -22,6 +22,8 @@ use truevault_control_plane::config::Settings;
 use truevault_control_plane::server::Server;
 use truevault_control_plane::storage::Db;
 
+pub mod node;
+
 pub const PASSWORD: &str = "correct horse battery staple";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +160,13 @@ impl TestApp {
     }
 
     pub async fn start_with(engine: Engine, tweak: impl FnOnce(&mut Settings)) -> Self {
+        // `TEST_LOG=debug cargo test ...` shows the control plane's log.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let pg = match engine {
             Engine::Sqlite => None,

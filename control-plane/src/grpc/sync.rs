@@ -1,0 +1,220 @@
+//! One node's `Sync` stream: hello, catch-up (snapshot or changes), then every committed change
+//! as it lands, while acknowledgements and heartbeats come back. The reads and writes are
+//! `nodes::session`; this module only drives the stream.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tonic::{Status, Streaming};
+use truevault_proto::v1::{
+    AgentMessage, ControlMessage, Hello, Ping, agent_message, control_message,
+};
+
+use super::NodeGrpc;
+use crate::error::{Error, Result};
+use crate::nodes::session::{self, Beat, Opened};
+
+/// Messages queued towards one node. Small on purpose: a slow node holds back its own session
+/// (which then reads a larger batch from the database later), never memory.
+pub(super) const OUTBOUND_BUFFER: usize = 4;
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Outbound = mpsc::Sender<std::result::Result<ControlMessage, Status>>;
+
+pub(super) struct NodeStream {
+    grpc: NodeGrpc,
+    server_id: i64,
+    inbound: Streaming<AgentMessage>,
+    out: Outbound,
+    /// The last revision sent to the node.
+    sent: i64,
+}
+
+impl std::fmt::Debug for NodeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeStream")
+            .field("server_id", &self.server_id)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a stream ended (for the log).
+enum End {
+    Closed,
+    Superseded,
+    Silent,
+}
+
+impl NodeStream {
+    pub(super) fn new(
+        grpc: NodeGrpc,
+        server_id: i64,
+        inbound: Streaming<AgentMessage>,
+        out: Outbound,
+    ) -> Self {
+        Self {
+            grpc,
+            server_id,
+            inbound,
+            out,
+            sent: 0,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let metrics = std::sync::Arc::clone(&self.grpc.metrics);
+        metrics.node_sessions.inc();
+        let server_id = self.server_id;
+        match self.drive().await {
+            Ok(End::Closed) => tracing::info!(server_id, "node stream closed"),
+            Ok(End::Superseded) => tracing::info!(server_id, "node reconnected; old stream ended"),
+            Ok(End::Silent) => tracing::warn!(server_id, "node missed 3 heartbeats; offline"),
+            Err(e) => {
+                tracing::warn!(server_id, error = %e, "node stream failed");
+                let _ = self.out.send(Err(e.into())).await;
+            }
+        }
+        metrics.node_sessions.dec();
+    }
+
+    async fn drive(&mut self) -> Result<End> {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, self.inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                body: Some(agent_message::Body::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(None)) | Ok(Err(_)) => return Ok(End::Closed),
+            Ok(Ok(Some(_))) => {
+                return Err(Error::invalid(
+                    "hello_expected",
+                    "the first message must be a hello",
+                ));
+            }
+            Err(_) => return Err(Error::invalid("hello_expected", "no hello within 30 s")),
+        };
+        let db = self.grpc.db.clone();
+        let opened = session::open(&db, self.server_id, &hello, self.grpc.clock.now_ms()).await?;
+        let mut registration = self.grpc.hub.register(self.server_id, opened.revision);
+        tracing::info!(
+            server_id = self.server_id,
+            applied = hello.applied_revision,
+            revision = opened.revision,
+            agent = %hello.agent_version,
+            "node connected"
+        );
+        if !self.catch_up(&hello, opened).await? {
+            return Ok(End::Closed);
+        }
+        let beat =
+            Duration::from_millis(u64::try_from(opened.heartbeat_interval_ms).unwrap_or(30_000));
+        let mut silent_at = Instant::now() + beat * 3;
+        let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
+        loop {
+            tokio::select! {
+                message = self.inbound.message() => {
+                    let Ok(Some(message)) = message else { return Ok(End::Closed) };
+                    silent_at = Instant::now() + beat * 3;
+                    if self.handle(message, opened).await? == Beat::Superseded {
+                        return Ok(End::Superseded);
+                    }
+                }
+                changed = registration.revision.changed() => {
+                    if changed.is_err() {
+                        return Ok(End::Superseded);
+                    }
+                    if !self.send_changes().await? {
+                        return Ok(End::Closed);
+                    }
+                }
+                () = registration.superseded.notified() => return Ok(End::Superseded),
+                _ = ping.tick() => {
+                    let ping = control_message::Body::Ping(Ping { sent_at_ms: self.grpc.clock.now_ms() });
+                    if !self.send(ping).await {
+                        return Ok(End::Closed);
+                    }
+                }
+                () = sleep_until(silent_at) => {
+                    let now = self.grpc.clock.now_ms();
+                    session::close_silent(&db, self.server_id, opened.generation, now).await?;
+                    return Ok(End::Silent);
+                }
+            }
+        }
+    }
+
+    /// Brings the node from its applied revision to now. False if the node went away.
+    async fn catch_up(&mut self, hello: &Hello, opened: Opened) -> Result<bool> {
+        let db = &self.grpc.db;
+        let applied = i64::try_from(hello.applied_revision).unwrap_or(i64::MAX);
+        if session::needs_snapshot(db, self.server_id, applied, opened.revision).await? {
+            let (revision, interface, peers) = session::snapshot(db, self.server_id).await?;
+            let revision_u = u64::try_from(revision).unwrap_or_default();
+            for chunk in truevault_proto::snapshot_chunks(revision_u, Some(interface), peers) {
+                if !self.send(control_message::Body::Snapshot(chunk)).await {
+                    return Ok(false);
+                }
+            }
+            self.sent = revision;
+        } else {
+            self.sent = applied;
+        }
+        self.send_changes().await
+    }
+
+    /// Sends every committed change after `sent`, in batches. False if the node went away.
+    async fn send_changes(&mut self) -> Result<bool> {
+        while let Some(changes) =
+            session::changes_since(&self.grpc.db, self.server_id, self.sent).await?
+        {
+            self.sent = i64::try_from(changes.revision).unwrap_or(i64::MAX);
+            if !self.send(control_message::Body::Changes(changes)).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn send(&self, body: control_message::Body) -> bool {
+        self.out
+            .send(Ok(ControlMessage { body: Some(body) }))
+            .await
+            .is_ok()
+    }
+
+    async fn handle(&mut self, message: AgentMessage, opened: Opened) -> Result<Beat> {
+        let now = self.grpc.clock.now_ms();
+        match message.body {
+            Some(agent_message::Body::Ack(ack)) => {
+                let failed: Vec<String> = ack.errors.iter().map(|e| e.public_key.clone()).collect();
+                for error in &ack.errors {
+                    tracing::warn!(server_id = self.server_id, key = %error.public_key, error = %error.message, "node could not apply a peer");
+                    self.grpc.metrics.peer_apply_errors.inc();
+                }
+                let revision = i64::try_from(ack.revision).unwrap_or(i64::MAX);
+                let latencies =
+                    session::acknowledge(&self.grpc.db, self.server_id, revision, &failed, now)
+                        .await?;
+                for ms in latencies {
+                    #[allow(clippy::cast_precision_loss)]
+                    self.grpc
+                        .metrics
+                        .peer_propagation
+                        .observe(ms.max(0) as f64 / 1000.0);
+                }
+                Ok(Beat::Recorded)
+            }
+            Some(agent_message::Body::Heartbeat(beat)) => {
+                session::heartbeat(&self.grpc.db, self.server_id, opened.generation, &beat, now)
+                    .await
+            }
+            Some(agent_message::Body::Hello(_)) => Err(Error::invalid(
+                "unexpected_hello",
+                "hello is only the first message of a stream",
+            )),
+            None => Ok(Beat::Recorded),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Wakes node sessions when their server's peers change.
+//!
+//! Each connected node has one entry: a `watch` of its server's latest committed revision. A
+//! watch holds one value, so however many changes commit while a session is busy sending, it
+//! wakes once and reads everything since its last sent revision from `peer_changes`: the
+//! database is the queue, and no buffer grows with the change rate.
+//!
+//! Wake-ups come from the commit itself. On PostgreSQL, `peers::record` sends a `NOTIFY`
+//! inside the transaction, which the server delivers on commit to every replica's listener.
+//! On SQLite (one process), every write commit pings the hub, which reads the revisions of the
+//! connected servers once per burst of commits. A slow tick repeats that read on both engines
+//! (changes made by another process, a dropped listener) and marks silent nodes offline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::clock::SharedClock;
+use crate::error::Result;
+use crate::nodes::session;
+use crate::storage::{Db, Engine, placeholders};
+
+/// The PostgreSQL channel `peers::record` notifies with `"<server id>:<revision>"`.
+pub const PEER_CHANGES_CHANNEL: &str = "truevault_peer_changes";
+
+const SLOW_TICK: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    nodes: Mutex<HashMap<i64, Entry>>,
+    next_session: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    session: u64,
+    revision: watch::Sender<i64>,
+    superseded: Arc<Notify>,
+}
+
+/// A session's place in the hub; dropping it leaves (unless a newer session took the place).
+#[derive(Debug)]
+pub struct Registration {
+    hub: Arc<Hub>,
+    server_id: i64,
+    session: u64,
+    /// The server's latest committed revision.
+    pub revision: watch::Receiver<i64>,
+    /// Notified when a newer session of the same node registers on this replica.
+    pub superseded: Arc<Notify>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut nodes = self
+            .hub
+            .nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if nodes
+            .get(&self.server_id)
+            .is_some_and(|e| e.session == self.session)
+        {
+            nodes.remove(&self.server_id);
+        }
+    }
+}
+
+impl Hub {
+    /// Registers a node's session; an older session of the same node on this replica is told
+    /// to end (one session per node).
+    pub fn register(self: &Arc<Self>, server_id: i64, revision: i64) -> Registration {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(revision);
+        let superseded = Arc::new(Notify::new());
+        let old = self
+            .nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                server_id,
+                Entry {
+                    session,
+                    revision: tx,
+                    superseded: Arc::clone(&superseded),
+                },
+            );
+        if let Some(old) = old {
+            // notify_one keeps a permit, so the old session sees it even if not waiting yet.
+            old.superseded.notify_one();
+        }
+        Registration {
+            hub: Arc::clone(self),
+            server_id,
+            session,
+            revision: rx,
+            superseded,
+        }
+    }
+
+    /// Records that `server_id` has committed changes up to `revision`.
+    pub fn observe(&self, server_id: i64, revision: i64) {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = nodes.get(&server_id) {
+            entry.revision.send_if_modified(|current| {
+                let newer = revision > *current;
+                if newer {
+                    *current = revision;
+                }
+                newer
+            });
+        }
+    }
+
+    pub fn connected(&self) -> Vec<i64> {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        nodes.keys().copied().collect()
+    }
+
+    /// Reads the revisions of every connected server and wakes the sessions behind.
+    pub async fn refresh(&self, db: &Db) -> Result<()> {
+        for ids in self.connected().chunks(500) {
+            let sql = format!(
+                "SELECT id, config_revision FROM vpn_servers WHERE id IN ({})",
+                placeholders(1, ids.len())
+            );
+            let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql));
+            for id in ids {
+                query = query.bind(id);
+            }
+            for (id, revision) in query.fetch_all(db.pool()).await? {
+                self.observe(id, revision);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the wake-up sources until `stop` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        db: Db,
+        database_url: String,
+        clock: SharedClock,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let commits = db.commits();
+        if db.engine() == Engine::Postgres {
+            tokio::spawn(Arc::clone(&self).listen(database_url, stop.clone()));
+        }
+        let mut tick = tokio::time::interval(SLOW_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let slow = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = commits.notified(), if db.engine() == Engine::Sqlite => false,
+                _ = tick.tick() => true,
+            };
+            if let Err(e) = self.refresh(&db).await {
+                tracing::warn!(error = %e, "cannot read server revisions");
+            }
+            if slow {
+                match session::mark_silent_offline(&db, clock.now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(servers = n, "nodes missed 3 heartbeats: offline"),
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep silent nodes"),
+                }
+            }
+        }
+    }
+
+    /// PostgreSQL: wakes sessions from `NOTIFY`s of every replica's commits; reconnects with
+    /// a pause if the listener's connection drops (the slow tick covers the gap).
+    async fn listen(self: Arc<Self>, url: String, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                result = self.listen_once(&url) => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "peer-change listener lost; reconnecting");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn listen_once(&self, url: &str) -> std::result::Result<(), sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(PEER_CHANGES_CHANNEL).await?;
+        loop {
+            let note = listener.recv().await?;
+            if let Some((id, rev)) = note.payload().split_once(':')
+                && let (Ok(id), Ok(rev)) = (id.parse(), rev.parse())
+            {
+                self.observe(id, rev);
+            }
+        }
+    }
+}

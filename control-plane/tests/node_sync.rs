@@ -1,0 +1,309 @@
+//! Node `Sync` sessions over real mTLS: snapshot on hello, committed changes pushed as they
+//! land, acknowledgements activating devices, heartbeats feeding liveness and device stats, and
+//! reconnection (catch-up from a revision, the older stream ended and never marking the node
+//! offline).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::node::{NodeClient, enrolled_client};
+use common::{Engine, TestApp};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tonic::Streaming;
+use truevault_control_plane::clock::Clock as _;
+use truevault_control_plane::nodes::session;
+use truevault_proto::v1::{
+    Ack, AgentMessage, ChangeKind, ControlMessage, Heartbeat, Hello, NodeHealth, PeerStats,
+    agent_message, control_message,
+};
+
+engine_tests!(
+    a_node_gets_a_snapshot_then_every_change_and_its_acks_activate_devices,
+    a_reconnecting_node_catches_up_and_its_old_stream_cannot_mark_it_offline,
+);
+
+struct NodeStream {
+    tx: mpsc::Sender<AgentMessage>,
+    rx: Streaming<ControlMessage>,
+}
+
+impl NodeStream {
+    async fn open(client: &mut NodeClient, applied: u64) -> Self {
+        let (tx, out) = mpsc::channel(16);
+        tx.send(msg(agent_message::Body::Hello(Hello {
+            applied_revision: applied,
+            interface: None,
+            agent_version: "test".into(),
+            heartbeat_interval_ms: 1_000,
+        })))
+        .await
+        .unwrap();
+        let rx = client
+            .sync(tokio_stream::wrappers::ReceiverStream::new(out))
+            .await
+            .unwrap()
+            .into_inner();
+        Self { tx, rx }
+    }
+
+    async fn next(&mut self) -> control_message::Body {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+                .await
+                .expect("a message within 10 s")
+                .unwrap()
+                .expect("the stream is open");
+            match message.body.unwrap() {
+                control_message::Body::Ping(_) => continue,
+                body => return body,
+            }
+        }
+    }
+
+    async fn send(&self, body: agent_message::Body) {
+        self.tx.send(msg(body)).await.unwrap();
+    }
+}
+
+fn msg(body: agent_message::Body) -> AgentMessage {
+    AgentMessage { body: Some(body) }
+}
+
+async fn add_device(app: &TestApp, token: &str, name: &str, key: &str) -> Value {
+    let (status, body) = app
+        .post_auth(
+            "/api/v1/devices",
+            token,
+            Some(json!({ "name": name, "public_key": key })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+async fn device_status(app: &TestApp, key: &str) -> String {
+    let (status,): (String,) = sqlx::query_as("SELECT status FROM devices WHERE public_key = $1")
+        .bind(key)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+    status
+}
+
+async fn server_status(app: &TestApp, server_id: i64) -> (String, i64) {
+    sqlx::query_as("SELECT status, load_permille FROM vpn_servers WHERE id = $1")
+        .bind(server_id)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap()
+}
+
+/// Polls until `check` holds (the session writes asynchronously), for at most 10 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn a_node_gets_a_snapshot_then_every_change_and_its_acks_activate_devices(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let (user_id, token) = app.customer("ann@example.com").await;
+    app.set_plan(user_id, "family").await;
+    let key_a = common::base64_key(10);
+    let key_b = common::base64_key(11);
+    let a = add_device(&app, &token, "laptop", &key_a).await;
+    assert_eq!(device_status(&app, &key_a).await, "pending");
+
+    let mut client = enrolled_client(&app, server_id, &common::base64_key(90)).await;
+    let mut node = NodeStream::open(&mut client, 0).await;
+
+    // Revision 0: a snapshot of every installed peer, with the interface settings.
+    let control_message::Body::Snapshot(snapshot) = node.next().await else {
+        panic!("a node at revision 0 gets a snapshot")
+    };
+    assert_eq!((snapshot.chunk, snapshot.chunks), (1, 1));
+    assert_eq!(snapshot.peers.len(), 1);
+    assert_eq!(snapshot.peers[0].public_key, key_a);
+    assert_eq!(
+        snapshot.peers[0].allowed_ips,
+        ["10.8.0.2/32", "fd00:1:2:3::2/128"]
+    );
+    assert_eq!(
+        snapshot.interface.unwrap().addresses,
+        ["10.8.0.1/16", "fd00:1:2:3::1/64"]
+    );
+    node.send(agent_message::Body::Ack(Ack {
+        revision: snapshot.revision,
+        errors: vec![],
+    }))
+    .await;
+    eventually("the acknowledged device is active", || async {
+        device_status(&app, &key_a).await == "active"
+    })
+    .await;
+
+    // A device added through the API reaches the open stream right after its commit.
+    add_device(&app, &token, "phone", &key_b).await;
+    let control_message::Body::Changes(changes) = node.next().await else {
+        panic!("changes expected")
+    };
+    assert_eq!(changes.changes.len(), 1);
+    let change = &changes.changes[0];
+    assert_eq!(change.kind(), ChangeKind::Upsert);
+    assert_eq!(change.peer.as_ref().unwrap().public_key, key_b);
+    assert_eq!(changes.revision, snapshot.revision + 1);
+    // A peer the node could not apply stays pending.
+    node.send(agent_message::Body::Ack(Ack {
+        revision: changes.revision,
+        errors: vec![truevault_proto::v1::PeerError {
+            public_key: key_b.clone(),
+            message: "test".into(),
+        }],
+    }))
+    .await;
+
+    // Deleting a device streams its removal.
+    let a_id = a["device"]["id"].as_str().unwrap();
+    let (status, _) = app
+        .delete_auth(&format!("/api/v1/devices/{a_id}"), &token)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let control_message::Body::Changes(removal) = node.next().await else {
+        panic!("changes expected")
+    };
+    assert_eq!(removal.changes[0].kind(), ChangeKind::Remove);
+    assert_eq!(removal.changes[0].peer.as_ref().unwrap().public_key, key_a);
+    assert_eq!(device_status(&app, &key_b).await, "pending");
+
+    // Heartbeats: the server is online with its load, the device shows its counters.
+    node.send(agent_message::Body::Heartbeat(Heartbeat {
+        health: Some(NodeHealth {
+            load1: 1.0,
+            cpu_count: 4,
+            interface_up: true,
+            peer_count: 1,
+            ..NodeHealth::default()
+        }),
+        peers: vec![PeerStats {
+            public_key: key_b.clone(),
+            rx_bytes: 1234,
+            tx_bytes: 5678,
+            last_handshake_ms: app.clock.now_ms(),
+            endpoint: "192.0.2.7:40000".into(),
+        }],
+    }))
+    .await;
+    eventually("the heartbeat is stored", || async {
+        server_status(&app, server_id).await == ("online".into(), 250)
+    })
+    .await;
+    let (_, devices) = app.get_auth("/api/v1/devices", &token).await;
+    let phone = &devices[0];
+    assert_eq!(phone["rx_bytes"], 1234, "{devices}");
+    assert_eq!(phone["tx_bytes"], 5678);
+    assert!(phone["last_handshake_at"].is_string());
+}
+
+async fn a_reconnecting_node_catches_up_and_its_old_stream_cannot_mark_it_offline(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let (user_id, token) = app.customer("bo@example.com").await;
+    app.set_plan(user_id, "family").await;
+    let mut client = enrolled_client(&app, server_id, &common::base64_key(91)).await;
+
+    let mut first = NodeStream::open(&mut client, 0).await;
+    let control_message::Body::Snapshot(snapshot) = first.next().await else {
+        panic!("snapshot expected")
+    };
+    assert!(snapshot.peers.is_empty());
+    let (generation_1,): (i64,) =
+        sqlx::query_as("SELECT session_generation FROM vpn_servers WHERE id = $1")
+            .bind(server_id)
+            .fetch_one(app.db().pool())
+            .await
+            .unwrap();
+
+    // Changes committed while the node is away...
+    add_device(&app, &token, "one", &common::base64_key(20)).await;
+    add_device(&app, &token, "two", &common::base64_key(21)).await;
+    let control_message::Body::Changes(seen) = first.next().await else {
+        panic!("changes expected")
+    };
+    let applied = seen.changes[0].revision;
+
+    // ...reach a new stream that says where the node stands: only what it lacks, no snapshot.
+    let mut second = NodeStream::open(&mut client, applied).await;
+    let control_message::Body::Changes(rest) = second.next().await else {
+        panic!("a node with a recent revision gets changes, not a snapshot")
+    };
+    let keys: Vec<_> = rest
+        .changes
+        .iter()
+        .map(|c| c.peer.as_ref().unwrap().public_key.clone())
+        .collect();
+    assert_eq!(keys.last().unwrap(), &common::base64_key(21));
+    assert!(!keys.contains(&common::base64_key(20)) || seen.changes.len() == 1);
+
+    // The first stream is ended by the server.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.rx.message().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the superseded stream must end");
+
+    // The old stream's generation can no longer mark the node offline.
+    let now = app.clock.now_ms();
+    session::close_silent(app.db(), server_id, generation_1, now)
+        .await
+        .unwrap();
+    assert_eq!(server_status(&app, server_id).await.0, "online");
+
+    // Three missed heartbeats (by the node's 1 s interval) mark it offline.
+    second
+        .send(agent_message::Body::Heartbeat(Heartbeat::default()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        session::mark_silent_offline(app.db(), app.clock.now_ms())
+            .await
+            .unwrap(),
+        0
+    );
+    app.advance(Duration::from_secs(4));
+    assert_eq!(
+        session::mark_silent_offline(app.db(), app.clock.now_ms())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(server_status(&app, server_id).await.0, "offline");
+    // The next heartbeat brings it back.
+    second
+        .send(agent_message::Body::Heartbeat(Heartbeat::default()))
+        .await;
+    eventually("the node is back online", || async {
+        server_status(&app, server_id).await.0 == "online"
+    })
+    .await;
+}
