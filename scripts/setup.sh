@@ -11,6 +11,7 @@ need=()
 command -v jq >/dev/null || need+=(jq)
 command -v curl >/dev/null || need+=(curl)
 command -v wireguard-go >/dev/null || need+=(wireguard-go)
+command -v ping >/dev/null || need+=(iputils-ping)
 command -v wg >/dev/null || need+=(wireguard-tools)
 command -v ip >/dev/null || need+=(iproute2)
 # A real SMTP server on loopback for the mail tests.

@@ -9,6 +9,8 @@ export TRUEVAULT_TEST_POSTGRES_URL="${TRUEVAULT_TEST_POSTGRES_URL:-postgres://po
 log=$(mktemp -t truevault-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
 status=0
+# The end-to-end tests (tests/) run the real binaries, built here in the test profile's folder.
+cargo build --workspace --bins
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
 # cargo prints one summary per test binary (the last is often an empty doc-test run): add
 # them up into one closing line for the whole workspace.

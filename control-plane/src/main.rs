@@ -26,6 +26,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            // Say which input was wrong, as the API's error body does.
+            if let truevault_control_plane::error::Error::Validation(fields) = &e {
+                for f in fields {
+                    eprintln!("  {}: {}", f.field, f.message);
+                }
+            }
             ExitCode::FAILURE
         }
     }

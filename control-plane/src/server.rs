@@ -126,6 +126,7 @@ impl Server {
         } else {
             Vec::new()
         };
+        let hub_handle = Arc::clone(&self.hub);
         let hub = tokio::spawn(Arc::clone(&self.hub).run(
             db.clone(),
             self.database_url.expose().to_owned(),
@@ -147,6 +148,7 @@ impl Server {
             .await
             .map_err(Error::internal);
         let _ = stop.send(true);
+        hub_handle.close();
         for worker in workers {
             let _ = worker.await;
         }

@@ -130,6 +130,7 @@ impl NodeStream {
                     }
                 }
                 () = registration.superseded.notified() => return Ok(End::Superseded),
+                () = self.grpc.hub.closed() => return Ok(End::Closed),
                 _ = ping.tick() => {
                     let ping = control_message::Body::Ping(Ping { sent_at_ms: self.grpc.clock.now_ms() });
                     if !self.send(ping).await {

@@ -28,10 +28,23 @@ pub const PEER_CHANGES_CHANNEL: &str = "truevault_peer_changes";
 
 const SLOW_TICK: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     nodes: Mutex<HashMap<i64, Entry>>,
     next_session: AtomicU64,
+    /// True once the control plane shuts down: every session ends, so the gRPC server's
+    /// graceful shutdown is not held up by streams that would otherwise last forever.
+    closing: watch::Sender<bool>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            nodes: Mutex::default(),
+            next_session: AtomicU64::new(0),
+            closing: watch::Sender::new(false),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -99,6 +112,17 @@ impl Hub {
             revision: rx,
             superseded,
         }
+    }
+
+    /// Ends every session (the nodes reconnect, to another replica or after the restart).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes when the hub closes.
+    pub async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        let _ = closing.wait_for(|c| *c).await;
     }
 
     /// Records that `server_id` has committed changes up to `revision`.
