@@ -140,6 +140,7 @@ impl Agent {
             )),
             tokio::spawn(Arc::clone(&agent).reconcile_forever()),
             tokio::spawn(Arc::clone(&agent).connect_forever()),
+            tokio::spawn(Arc::clone(&agent).renew_forever()),
         ];
         shutdown.await;
         for task in &tasks {
@@ -168,6 +169,18 @@ impl Agent {
                         .store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(error = %e, "reconcile failed");
                 }
+            }
+        }
+    }
+
+    /// A stream can outlive a certificate: renewal is also checked every few hours, not only
+    /// when connecting.
+    async fn renew_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(6 * 3600));
+        loop {
+            tick.tick().await;
+            if let Err(e) = control::renew_if_due(&self.config, &self.dir, &self.store).await {
+                tracing::warn!(error = %e, "certificate renewal failed; retrying later");
             }
         }
     }

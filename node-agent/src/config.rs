@@ -251,3 +251,17 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod deploy_example {
+    use super::*;
+
+    /// The example shipped in deploy/ stays a valid configuration.
+    #[test]
+    fn the_deploy_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
+        let config = AgentConfig::load_from(Some(&path), &BTreeMap::new()).unwrap();
+        assert_eq!(config.interface, "wg0");
+        assert_eq!(config.backend, BackendChoice::Auto);
+    }
+}
