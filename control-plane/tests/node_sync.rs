@@ -23,6 +23,7 @@ use truevault_proto::v1::{
 };
 
 engine_tests!(
+    sync_needs_a_valid_client_certificate,
     a_node_gets_a_snapshot_then_every_change_and_its_acks_activate_devices,
     a_reconnecting_node_catches_up_and_its_old_stream_cannot_mark_it_offline,
 );
@@ -116,6 +117,37 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting until {what}");
+}
+
+async fn sync_needs_a_valid_client_certificate(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let hello = || {
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(msg(agent_message::Body::Hello(Hello::default())))
+            .unwrap();
+        (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
+    };
+    let mut anonymous = common::node::client(&app, None).await.unwrap();
+    let (_tx, stream) = hello();
+    let status = anonymous.sync(stream).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    // Once the operator revokes the node, its certificate opens no stream.
+    let mut node = enrolled_client(&app, server_id, &common::base64_key(92)).await;
+    let admin = app.admin_token().await;
+    let (status, _) = app
+        .post_auth(
+            &format!("/api/v1/admin/servers/{server_id}/revoke-certificates"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_tx, stream) = hello();
+    let status = node.sync(stream).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
 
 async fn a_node_gets_a_snapshot_then_every_change_and_its_acks_activate_devices(engine: Engine) {

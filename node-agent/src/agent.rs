@@ -107,6 +107,40 @@ impl Agent {
         Ok(failed)
     }
 
+    /// Applies a stream's changes (only the peers they touch) and records `revision`.
+    pub async fn apply_changes(
+        &self,
+        changes: &[truevault_proto::v1::PeerChange],
+        revision: u64,
+    ) -> Result<Vec<(String, String)>> {
+        let _turn = self.apply_lock.lock().await;
+        let (diff, updates) = self.store.with(|a| peers::change_diff(&a.peers, changes));
+        let mut failed = if diff.is_empty() {
+            Vec::new()
+        } else {
+            self.iface.apply(diff).await?
+        };
+        let mut count = 0;
+        self.store.update(|a| {
+            for (key, after) in updates {
+                match after {
+                    Some(ips) => a.peers.insert(key, ips),
+                    None => a.peers.remove(&key),
+                };
+            }
+            a.revision = revision;
+            count = a.peers.len();
+        });
+        if !failed.is_empty() {
+            tracing::warn!(failed = failed.len(), "some peers failed; reconciling");
+            failed = self.reconcile_locked().await?;
+        }
+        self.metrics.peers.set(gauge(count));
+        self.metrics.applied_revision.set(gauge(revision));
+        self.metrics.apply_errors.inc_by(failed.len() as u64);
+        Ok(failed)
+    }
+
     /// Compares the interface's real peers with the applied ones and fixes the difference.
     pub async fn reconcile(&self) -> Result<Vec<(String, String)>> {
         let _turn = self.apply_lock.lock().await;

@@ -9,6 +9,9 @@ use truevault_proto::v1::{ChangeKind, Peer, PeerChange};
 /// Public key (base64) to allowed IPs (normalized, sorted).
 pub type PeerSet = BTreeMap<String, Vec<String>>;
 
+/// Entries to record after applying changes: the key and its allowed IPs (`None`: removed).
+pub type Updates = Vec<(String, Option<Vec<String>>)>;
+
 /// Operations to apply, in order: every removal, then every addition.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Diff {
@@ -74,6 +77,47 @@ pub fn apply_changes(set: &mut PeerSet, changes: &[PeerChange]) {
     }
 }
 
+/// The per-peer operations a list of changes needs against `current`, and the entries to
+/// record afterwards (`None`: removed). Touches only the changed keys: O(changes), never
+/// O(peers), so a node with 10,000 peers applies one change as fast as a node with ten.
+pub fn change_diff(
+    current: &PeerSet,
+    changes: &[PeerChange],
+) -> (Diff, Updates) {
+    let mut overlay: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
+    for change in changes {
+        let Some(peer) = &change.peer else { continue };
+        match change.kind() {
+            ChangeKind::Upsert => {
+                if !change.old_public_key.is_empty() {
+                    overlay.insert(change.old_public_key.clone(), None);
+                }
+                overlay.insert(peer.public_key.clone(), Some(normalize(&peer.allowed_ips)));
+            }
+            ChangeKind::Remove => {
+                overlay.insert(peer.public_key.clone(), None);
+            }
+            ChangeKind::Unspecified => {}
+        }
+    }
+    let mut diff = Diff::default();
+    let mut updates = Vec::new();
+    for (key, after) in overlay {
+        let before = current.get(&key);
+        if before == after.as_ref() {
+            continue;
+        }
+        if before.is_some() {
+            diff.remove.push(key.clone());
+        }
+        if let Some(ips) = &after {
+            diff.add.push((key.clone(), ips.clone()));
+        }
+        updates.push((key, after));
+    }
+    (diff, updates)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +167,30 @@ mod tests {
             ]
         );
         assert!(diff(&desired, &desired).is_empty());
+    }
+
+    #[test]
+    fn a_change_diff_touches_only_changed_keys_and_agrees_with_the_full_diff() {
+        let current = set(&[
+            ("old", "10.0.0.2/32"),
+            ("same", "10.0.0.3/32"),
+            ("moved", "10.0.0.4/32"),
+        ]);
+        let changes = [
+            change(ChangeKind::Upsert, "new", "10.0.0.2/32", "old"),
+            change(ChangeKind::Upsert, "same", "10.0.0.3/32", ""),
+            change(ChangeKind::Upsert, "moved", "10.0.0.9/32", ""),
+            change(ChangeKind::Remove, "absent", "", ""),
+        ];
+        let (d, updates) = change_diff(&current, &changes);
+        let mut wanted = current.clone();
+        apply_changes(&mut wanted, &changes);
+        assert_eq!(d, diff(&current, &wanted));
+        assert_eq!(
+            updates.len(),
+            3,
+            "unchanged and absent keys are not touched"
+        );
     }
 
     #[test]

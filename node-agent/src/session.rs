@@ -58,9 +58,7 @@ pub async fn run(agent: &Agent, mut client: Client) -> Result<()> {
                         Some((chunk.revision, agent.apply(desired, chunk.revision).await?))
                     }
                     control_message::Body::Changes(changes) => {
-                        let mut desired = agent.store.with(|a| a.peers.clone());
-                        peers::apply_changes(&mut desired, &changes.changes);
-                        Some((changes.revision, agent.apply(desired, changes.revision).await?))
+                        Some((changes.revision, agent.apply_changes(&changes.changes, changes.revision).await?))
                     }
                     control_message::Body::Ping(_) => None,
                 };

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::error::{Error, Result};
 use crate::keys::StateDir;
@@ -42,6 +42,8 @@ pub struct Store {
     dir: StateDir,
     inner: Arc<Mutex<(Applied, bool)>>,
     dirty: Arc<Notify>,
+    /// The applied revision, for whoever waits on it (health, benchmarks).
+    revision: watch::Sender<u64>,
 }
 
 impl Store {
@@ -51,10 +53,12 @@ impl Store {
                 .map_err(|e| Error::Config(format!("{}: {e}", dir.path(FILE).display())))?,
             None => Applied::default(),
         };
+        let revision = watch::Sender::new(applied.revision);
         Ok(Self {
             dir,
             inner: Arc::new(Mutex::new((applied, false))),
             dirty: Arc::new(Notify::new()),
+            revision,
         })
     }
 
@@ -69,12 +73,19 @@ impl Store {
 
     /// Changes the state and schedules a save.
     pub fn update(&self, f: impl FnOnce(&mut Applied)) {
-        {
+        let revision = {
             let mut inner = self.lock();
             f(&mut inner.0);
             inner.1 = true;
-        }
+            inner.0.revision
+        };
         self.dirty.notify_one();
+        self.revision.send_replace(revision);
+    }
+
+    /// Follows the applied revision (it changes after the peers are on the interface).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
     }
 
     /// Saves now if anything changed since the last save.
@@ -134,9 +145,16 @@ mod tests {
                 );
             });
         }
-        tokio::time::sleep(FLUSH_EVERY * 2).await;
+        // The writer saves on its own; wait for it (bounded) rather than for a fixed time.
+        let mut reloaded = Applied::default();
+        for _ in 0..200 {
+            tokio::time::sleep(FLUSH_EVERY / 10).await;
+            reloaded = Store::load(state.clone()).unwrap().get();
+            if reloaded.revision == 999 {
+                break;
+            }
+        }
         writer.abort();
-        let reloaded = Store::load(state).unwrap().get();
         assert_eq!(reloaded.revision, 999);
         assert_eq!(reloaded.peers.len(), 1_000);
     }

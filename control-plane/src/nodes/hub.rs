@@ -12,7 +12,7 @@
 //! (changes made by another process, a dropped listener) and marks silent nodes offline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ const SLOW_TICK: Duration = Duration::from_secs(5);
 pub struct Hub {
     nodes: Mutex<HashMap<i64, Entry>>,
     next_session: AtomicU64,
+    /// SQLite: the last `peer_changes.id` seen. SQLite has one writer, so ids appear in commit
+    /// order and "every row after the last one seen" misses nothing.
+    last_change_id: AtomicI64,
     /// True once the control plane shuts down: every session ends, so the gRPC server's
     /// graceful shutdown is not held up by streams that would otherwise last forever.
     closing: watch::Sender<bool>,
@@ -42,6 +45,7 @@ impl Default for Hub {
         Self {
             nodes: Mutex::default(),
             next_session: AtomicU64::new(0),
+            last_change_id: AtomicI64::new(-1),
             closing: watch::Sender::new(false),
         }
     }
@@ -144,6 +148,33 @@ impl Hub {
         nodes.keys().copied().collect()
     }
 
+    /// SQLite, after a commit: the servers with changes since the last look, in one indexed
+    /// query whose cost grows with the new changes, not with the fleet.
+    pub async fn refresh_new_changes(&self, db: &Db) -> Result<()> {
+        let last = self.last_change_id.load(Ordering::Acquire);
+        if last < 0 {
+            let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM peer_changes")
+                .fetch_one(db.pool())
+                .await?;
+            self.last_change_id
+                .store(max.unwrap_or(0), Ordering::Release);
+            return self.refresh(db).await;
+        }
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT server_id, MAX(revision), MAX(id) FROM peer_changes WHERE id > $1 GROUP BY server_id",
+        )
+        .bind(last)
+        .fetch_all(db.pool())
+        .await?;
+        let mut newest = last;
+        for (server_id, revision, id) in rows {
+            self.observe(server_id, revision);
+            newest = newest.max(id);
+        }
+        self.last_change_id.fetch_max(newest, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Reads the revisions of every connected server and wakes the sessions behind.
     pub async fn refresh(&self, db: &Db) -> Result<()> {
         for ids in self.connected().chunks(500) {
@@ -182,7 +213,12 @@ impl Hub {
                 () = commits.notified(), if db.engine() == Engine::Sqlite => false,
                 _ = tick.tick() => true,
             };
-            if let Err(e) = self.refresh(&db).await {
+            let refreshed = if slow {
+                self.refresh(&db).await
+            } else {
+                self.refresh_new_changes(&db).await
+            };
+            if let Err(e) = refreshed {
                 tracing::warn!(error = %e, "cannot read server revisions");
             }
             if slow {
