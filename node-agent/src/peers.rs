@@ -80,10 +80,7 @@ pub fn apply_changes(set: &mut PeerSet, changes: &[PeerChange]) {
 /// The per-peer operations a list of changes needs against `current`, and the entries to
 /// record afterwards (`None`: removed). Touches only the changed keys: O(changes), never
 /// O(peers), so a node with 10,000 peers applies one change as fast as a node with ten.
-pub fn change_diff(
-    current: &PeerSet,
-    changes: &[PeerChange],
-) -> (Diff, Updates) {
+pub fn change_diff(current: &PeerSet, changes: &[PeerChange]) -> (Diff, Updates) {
     let mut overlay: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
     for change in changes {
         let Some(peer) = &change.peer else { continue };
