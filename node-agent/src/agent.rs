@@ -120,17 +120,8 @@ impl Agent {
         } else {
             self.iface.apply(diff).await?
         };
-        let mut count = 0;
-        self.store.update(|a| {
-            for (key, after) in updates {
-                match after {
-                    Some(ips) => a.peers.insert(key, ips),
-                    None => a.peers.remove(&key),
-                };
-            }
-            a.revision = revision;
-            count = a.peers.len();
-        });
+        self.store.update_peers(revision, updates);
+        let count = self.store.with(|a| a.peers.len());
         if !failed.is_empty() {
             tracing::warn!(failed = failed.len(), "some peers failed; reconciling");
             failed = self.reconcile_locked().await?;
@@ -176,7 +167,14 @@ impl Agent {
             tokio::spawn(Arc::clone(&agent).connect_forever()),
             tokio::spawn(Arc::clone(&agent).renew_forever()),
         ];
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = agent.device_stopped() => {
+                // A signal boringtun caught first, or a crash: either way end cleanly, and let
+                // the service manager start the agent again (which recreates the device).
+                tracing::warn!("the userspace WireGuard device stopped; exiting");
+            }
+        }
         for task in &tasks {
             task.abort();
         }
@@ -185,6 +183,21 @@ impl Agent {
         agent.store.flush()?;
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// Completes when the interface's device is found stopped (checked twice a second).
+    async fn device_stopped(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let iface = self.iface.clone();
+            if !tokio::task::spawn_blocking(move || iface.alive())
+                .await
+                .unwrap_or(true)
+            {
+                return;
+            }
+        }
     }
 
     async fn reconcile_forever(self: Arc<Self>) {

@@ -186,6 +186,28 @@ impl Interface {
         .await
     }
 
+    /// Whether the device still runs. The userspace device can stop under the agent: boringtun
+    /// watches SIGINT and SIGTERM itself (a signalfd on its threads) and may read the service
+    /// manager's SIGTERM before the agent's handler does, and a crashed device stops too. Its
+    /// control socket stays open but nothing answers it any more, so ask it something.
+    /// (A kernel interface outlives the agent anyway.)
+    pub fn alive(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        if self.backend == Backend::Kernel {
+            return true;
+        }
+        let path = format!("/var/run/wireguard/{}.sock", self.name);
+        let Ok(mut socket) = std::os::unix::net::UnixStream::connect(path) else {
+            return false;
+        };
+        let mut first = [0u8; 16];
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .is_ok()
+            && socket.write_all(b"get=1\n\n").is_ok()
+            && socket.read(&mut first).is_ok_and(|n| n > 0)
+    }
+
     /// Reads the interface's real peers and counters.
     pub async fn read(&self) -> Result<Reading> {
         let host = self
