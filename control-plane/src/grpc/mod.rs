@@ -76,10 +76,7 @@ impl NodeGrpc {
             .tls_config(tls)
             .map_err(|e| Error::Config(format!("gRPC TLS: {e}")))?
             .add_service(NodeServiceServer::new(self))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await
             .map_err(|e| Error::internal(format!("gRPC server: {e}")))
     }
@@ -218,6 +215,20 @@ impl NodeService for NodeGrpc {
             tokio_stream::wrappers::ReceiverStream::new(stream),
         )))
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: changes are small messages that must
+/// leave at once (tonic's own `tcp_nodelay` setting does not apply to a given listener).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures_util::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    })
 }
 
 /// Binds the gRPC listener (so `serve` can report the address before running).
