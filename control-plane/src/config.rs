@@ -86,6 +86,10 @@ pub struct Settings {
     pub enrollment_token_ttl_minutes: u64,
     /// Names (DNS or IP) in the gRPC listener's certificate: what agents dial.
     pub grpc_server_names: Vec<String>,
+    /// Node sessions are woken by commits; this slower re-read of every connected node's
+    /// revision catches what no wake-up announced (another process's writes, a dropped
+    /// PostgreSQL listener), and marks silent nodes offline.
+    pub node_resync_interval_secs: u64,
 }
 
 /// How the SMTP connection is secured.
@@ -161,6 +165,7 @@ impl Default for Settings {
             address_quarantine_hours: 24,
             enrollment_token_ttl_minutes: 60,
             grpc_server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            node_resync_interval_secs: 5,
         }
     }
 }

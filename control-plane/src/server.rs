@@ -59,6 +59,7 @@ pub struct Server {
     hub: Arc<Hub>,
     database_url: Secret,
     clock: SharedClock,
+    node_resync: Duration,
 }
 
 impl Server {
@@ -102,6 +103,7 @@ impl Server {
             hub,
             database_url: Secret::new(settings.database_url()),
             clock,
+            node_resync: Duration::from_secs(settings.node_resync_interval_secs),
         })
     }
 
@@ -132,6 +134,7 @@ impl Server {
             db.clone(),
             self.database_url.expose().to_owned(),
             self.clock,
+            self.node_resync,
             stopped.clone(),
         ));
         let mut grpc_stop = stopped.clone();

@@ -28,6 +28,35 @@ engine_tests!(
     a_reconnecting_node_catches_up_and_its_old_stream_cannot_mark_it_offline,
 );
 
+/// PostgreSQL only (SQLite replicas are not a deployment): a device added through one replica
+/// reaches a node whose stream is held by another, woken by `NOTIFY` (the periodic re-read is
+/// off in tests, so nothing else could deliver it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_on_one_replica_reaches_a_node_on_another() {
+    if !common::postgres_available("a_change_committed_on_one_replica_reaches_a_node_on_another")
+        .await
+    {
+        return;
+    }
+    let api = TestApp::start(Engine::Postgres).await;
+    let holder = api.replica().await;
+    let server = api.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let mut client = enrolled_client(&holder, server_id, &common::base64_key(93)).await;
+    let mut node = NodeStream::open(&mut client, 0).await;
+    let control_message::Body::Snapshot(_) = node.next().await else {
+        panic!("snapshot expected")
+    };
+    let (user_id, token) = api.customer("cy@example.com").await;
+    api.set_plan(user_id, "family").await;
+    let key = common::base64_key(30);
+    add_device(&api, &token, "laptop", &key).await;
+    let control_message::Body::Changes(changes) = node.next().await else {
+        panic!("changes expected")
+    };
+    assert_eq!(changes.changes[0].peer.as_ref().unwrap().public_key, key);
+}
+
 struct NodeStream {
     tx: mpsc::Sender<AgentMessage>,
     rx: Streaming<ControlMessage>,

@@ -9,7 +9,8 @@
 //! inside the transaction, which the server delivers on commit to every replica's listener.
 //! On SQLite (one process), every write commit pings the hub, which reads the revisions of the
 //! connected servers once per burst of commits. A slow tick repeats that read on both engines
-//! (changes made by another process, a dropped listener) and marks silent nodes offline.
+//! (changes made by another process, a dropped listener; `node_resync_interval_secs`, 5 s) and
+//! marks silent nodes offline.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -25,8 +26,6 @@ use crate::storage::{Db, Engine, placeholders};
 
 /// The PostgreSQL channel `peers::record` notifies with `"<server id>:<revision>"`.
 pub const PEER_CHANGES_CHANNEL: &str = "truevault_peer_changes";
-
-const SLOW_TICK: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Hub {
@@ -199,13 +198,14 @@ impl Hub {
         db: Db,
         database_url: String,
         clock: SharedClock,
+        resync: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
         let commits = db.commits();
         if db.engine() == Engine::Postgres {
             tokio::spawn(Arc::clone(&self).listen(database_url, stop.clone()));
         }
-        let mut tick = tokio::time::interval(SLOW_TICK);
+        let mut tick = tokio::time::interval(resync.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let slow = tokio::select! {

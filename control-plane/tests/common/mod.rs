@@ -185,6 +185,8 @@ impl TestApp {
             auth_rate_limit_per_minute: 100_000,
             // Tests drive the workers themselves, with the manual clock.
             workers_enabled: false,
+            // Never during a test: node sessions must be woken by the commits themselves.
+            node_resync_interval_secs: 3600,
             ..Settings::default()
         };
         tweak(&mut settings);
