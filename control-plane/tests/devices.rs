@@ -23,6 +23,7 @@ engine_tests!(
     twenty_concurrent_adds_on_a_three_device_plan_give_three,
     two_hundred_concurrent_adds_on_one_server_get_distinct_addresses,
     a_promo_code_with_five_uses_is_used_exactly_five_times,
+    placement_prefers_a_dedicated_server_then_the_identity_server_then_the_least_loaded,
 );
 
 async fn add(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
@@ -931,4 +932,92 @@ async fn conversions_racing_the_sweep_are_never_expired(engine: Engine) {
             .await,
         150
     );
+}
+
+async fn placement_prefers_a_dedicated_server_then_the_identity_server_then_the_least_loaded(
+    engine: Engine,
+) {
+    let app = TestApp::start(engine).await;
+    let busy = app.add_server("busy", "us-east", 1).await;
+    let idle = app.add_server("idle", "us-east", 2).await;
+    let europe = app.add_server("europe", "eu-de", 3).await;
+    let id = |v: &Value| v["id"].as_i64().unwrap();
+    let uuid = |v: &Value| v["uuid"].as_str().unwrap().to_owned();
+    for (server, load) in [(&busy, 500), (&idle, 100)] {
+        sqlx::query("UPDATE vpn_servers SET load_permille = $1 WHERE id = $2")
+            .bind(load)
+            .bind(id(server))
+            .execute(app.db().pool())
+            .await
+            .unwrap();
+    }
+    let (user_id, token) = app.customer("placed@example.com").await;
+    app.set_plan(user_id, "business").await;
+    let mut n = 0u8;
+    let mut place = |body: Value| {
+        n += 1;
+        let mut body = body;
+        body["public_key"] = json!(common::base64_key(100 + n));
+        body["name"] = json!(format!("d{n}"));
+        let app = &app;
+        let token = token.clone();
+        async move { add(app, &token, body).await }
+    };
+    let server_of = |(status, body): (StatusCode, Value)| {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["device"]["server"]["id"].as_str().unwrap().to_owned()
+    };
+
+    // No identity yet: the default region's least loaded server.
+    assert_eq!(server_of(place(json!({})).await), uuid(&idle));
+    // A region asked for.
+    assert_eq!(
+        server_of(place(json!({ "region": "eu-de" })).await),
+        uuid(&europe)
+    );
+    // A server asked for.
+    assert_eq!(
+        server_of(place(json!({ "server_id": uuid(&busy) })).await),
+        uuid(&busy)
+    );
+    // The user's identity server in the region wins over the least loaded one.
+    sqlx::query(
+        "INSERT INTO regional_identities (user_id, region, server_id, created_at, updated_at)
+         VALUES ($1, 'us-east', $2, 0, 0)",
+    )
+    .bind(user_id)
+    .bind(id(&busy))
+    .execute(app.db().pool())
+    .await
+    .unwrap();
+    assert_eq!(server_of(place(json!({})).await), uuid(&busy));
+    // A region without servers is refused by name, and nothing is added.
+    let (status, body) = place(json!({ "region": "asia-jp" })).await;
+    assert_eq!(
+        (status, common::error_code(&body)),
+        (StatusCode::CONFLICT, "no_server_available")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("asia-jp"),
+        "{body}"
+    );
+    // A dedicated server of the user's wins over everything.
+    let dedicated = app.add_server("mine", "eu-de", 4).await;
+    sqlx::query(
+        "UPDATE vpn_servers SET server_type = 'dedicated', dedicated_user_id = $1 WHERE id = $2",
+    )
+    .bind(user_id)
+    .bind(id(&dedicated))
+    .execute(app.db().pool())
+    .await
+    .unwrap();
+    assert_eq!(server_of(place(json!({})).await), uuid(&dedicated));
+    assert_eq!(
+        server_of(place(json!({ "server_id": uuid(&idle) })).await),
+        uuid(&dedicated)
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM devices").await, 6);
 }

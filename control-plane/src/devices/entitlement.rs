@@ -52,6 +52,7 @@ type Row = (
     Option<String>,
     Option<i64>,
     Option<i64>,
+    i64,
 );
 
 /// Serializes every change to these users' access (device adds and deletes, plan changes,
@@ -78,13 +79,16 @@ pub async fn lock_users(conn: &mut AnyConnection, user_ids: &[i64]) -> Result<()
     Ok(())
 }
 
+/// The user's entitlement and the devices counting against it (everything not disabled), in
+/// one query: adding a device is on the hot path.
 pub async fn entitlement(
     conn: &mut AnyConnection,
     user_id: i64,
     now: Millis,
-) -> Result<Entitlement> {
+) -> Result<(Entitlement, i64)> {
     let row: Option<Row> = sqlx::query_as(
-        "SELECT u.status, u.vip_tier, s.plan_type, s.status, s.trial_ends, p.max_devices
+        "SELECT u.status, u.vip_tier, s.plan_type, s.status, s.trial_ends, p.max_devices,
+                (SELECT COUNT(*) FROM devices d WHERE d.user_id = u.id AND d.status <> 'disabled')
          FROM users u
          LEFT JOIN subscriptions s ON s.id = (SELECT MAX(id) FROM subscriptions WHERE user_id = u.id)
          LEFT JOIN plans p ON p.code = s.plan_type
@@ -93,46 +97,62 @@ pub async fn entitlement(
     .bind(user_id)
     .fetch_optional(conn)
     .await?;
-    let Some((user_status, vip, plan, status, trial_ends, max_devices)) = row else {
+    let Some((user_status, vip, plan, status, trial_ends, max_devices, devices)) = row else {
         return Err(Error::NotFound("user"));
     };
+    Ok((
+        judge(user_status, vip, plan, status, trial_ends, max_devices, now),
+        devices,
+    ))
+}
+
+/// What a user's account state allows.
+fn judge(
+    user_status: String,
+    vip: Option<String>,
+    plan: Option<String>,
+    status: Option<String>,
+    trial_ends: Option<i64>,
+    max_devices: Option<i64>,
+    now: Millis,
+) -> Entitlement {
     if user_status != "active" {
-        return Ok(Entitlement::Denied(refused(
+        return Entitlement::Denied(refused(
             "account_suspended",
             "This account is suspended.",
             json!({}),
-        )));
+        ));
     }
     if vip.is_some() {
-        return Ok(Entitlement::Unlimited { is_vip: true });
+        return Entitlement::Unlimited { is_vip: true };
     }
     let (Some(plan), Some(status)) = (plan, status) else {
-        return Ok(Entitlement::Denied(refused(
+        return Entitlement::Denied(refused(
             "no_subscription",
             "No subscription found.",
             json!({}),
-        )));
+        ));
     };
     let trial_over =
         plan == "trial" && (status == "expired" || trial_ends.is_some_and(|end| end <= now));
     if trial_over {
-        return Ok(Entitlement::Denied(refused(
+        return Entitlement::Denied(refused(
             "trial_expired",
             "Your free trial has expired. Please upgrade to continue.",
             json!({ "trial_expired": true, "upgrade_required": true, "upgrade_url": "/dashboard/billing" }),
-        )));
+        ));
     }
     if !["trial", "active", "past_due"].contains(&status.as_str()) {
-        return Ok(Entitlement::Denied(refused(
+        return Entitlement::Denied(refused(
             "subscription_inactive",
             &format!("Your subscription is {status}. Renew it to connect devices."),
             json!({ "subscription_status": status, "upgrade_required": true }),
-        )));
+        ));
     }
-    Ok(match max_devices {
+    match max_devices {
         None => Entitlement::Unlimited { is_vip: false },
         Some(n) => Entitlement::Limited(n),
-    })
+    }
 }
 
 /// Devices that count against the limit (everything not disabled).
@@ -163,7 +183,7 @@ pub async fn reconcile(
     now: Millis,
 ) -> Result<(u64, u64)> {
     lock_users(&mut *conn, &[user_id]).await?;
-    let allowed = entitlement(&mut *conn, user_id, now).await?.allowed();
+    let allowed = entitlement(&mut *conn, user_id, now).await?.0.allowed();
     let devices: Vec<DeviceRow> = sqlx::query_as(
         "SELECT id, server_id, public_key, ipv4_address, ipv6_address, status FROM devices
          WHERE user_id = $1 ORDER BY created_at, id",

@@ -223,8 +223,7 @@ impl Devices {
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
         self.lock_user(tx.conn(), user_id).await?;
-        let entitlement = entitlement::entitlement(tx.conn(), user_id, now).await?;
-        let current = entitlement::active_devices(tx.conn(), user_id).await?;
+        let (entitlement, current) = entitlement::entitlement(tx.conn(), user_id, now).await?;
         let (is_vip, max) = match entitlement {
             Entitlement::Denied(refusal) => return Err(refusal),
             Entitlement::Unlimited { is_vip } => (is_vip, None),
@@ -266,12 +265,13 @@ impl Devices {
             Some(n) => n,
             None => self.free_name(tx.conn(), user_id).await?,
         };
+        let device_uuid = uuid::Uuid::new_v4().to_string();
         let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
             "INSERT INTO devices (uuid, user_id, server_id, name, public_key, ipv4_address, ipv6_address, host,
                                   status, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9) RETURNING id",
         )
-        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&device_uuid)
         .bind(user_id)
         .bind(server.id)
         .bind(&name)
@@ -305,17 +305,40 @@ impl Devices {
                 op: Op::Upsert,
                 device_id: Some(device_id),
                 allowed_ips: Some(peers::allowed_ips(&ipv4, ipv6.as_deref())),
-                public_key,
+                public_key: public_key.clone(),
                 old_public_key: None,
                 reason: "device_added",
             }],
             now,
         )
         .await?;
-        let device = self
-            .load(tx.conn(), user_id, DeviceRef::Id(device_id))
-            .await?;
         tx.commit().await?;
+        // Everything the view shows is known here; no need to read the row back.
+        let device = Loaded {
+            id: device_id,
+            view: DeviceView {
+                id: device_uuid,
+                name,
+                status: "pending".into(),
+                disabled_reason: None,
+                public_key,
+                ipv4_address: ipv4,
+                ipv6_address: ipv6,
+                last_handshake_at: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+                created_at: rfc3339(now),
+                server: DeviceServer {
+                    id: server.uuid,
+                    region: server.region,
+                    country: server.country,
+                },
+            },
+            endpoint_host: server.endpoint_host,
+            endpoint_port: server.endpoint_port,
+            server_key: server.public_key,
+            server_id: server.id,
+        };
         let config = self.render_config(&device, generated.as_ref())?;
         Ok(CreatedDevice {
             device: device.view,

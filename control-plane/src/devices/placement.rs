@@ -13,35 +13,52 @@ pub struct Placement<'a> {
     pub default_region: Option<&'a str>,
 }
 
+/// The chosen server, with what a new device's view and config need from it.
 #[derive(Debug)]
 pub struct Chosen {
     pub id: i64,
     pub ipv4_subnet: String,
     pub ipv6_subnet: Option<String>,
+    pub uuid: String,
+    pub region: String,
+    pub country: String,
+    pub endpoint_host: String,
+    pub endpoint_port: i64,
+    pub public_key: Option<String>,
 }
 
-type Row = (i64, String, Option<String>);
+type Row = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+);
+
+const COLUMNS: &str = "s.id, s.ipv4_subnet, s.ipv6_subnet, s.uuid, s.region, s.country, \
+                       s.endpoint_host, s.endpoint_port, s.wg_public_key";
 
 /// Servers a config can be made for: in service and with a known WireGuard key.
 const USABLE: &str = "s.wg_public_key IS NOT NULL AND s.status = 'online'";
 
 pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>) -> Result<Chosen> {
-    let dedicated: Option<Row> = sqlx::query_as(
-        "SELECT s.id, s.ipv4_subnet, s.ipv6_subnet FROM vpn_servers s
-         WHERE s.server_type = 'dedicated' AND s.dedicated_user_id = $1 AND s.status <> 'retired'
-           AND s.wg_public_key IS NOT NULL ORDER BY s.id LIMIT 1",
-    )
-    .bind(user_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(row) = dedicated {
-        return Ok(chosen(row));
-    }
     if let Some(server) = want.server {
+        // A dedicated server still wins over the one asked for.
         let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT s.id, s.ipv4_subnet, s.ipv6_subnet FROM vpn_servers s
-             WHERE s.uuid = $1 AND s.server_type = 'shared' AND {USABLE}"
+            "SELECT {COLUMNS} FROM (
+                SELECT s.*, 0 AS pick_rank FROM vpn_servers s
+                WHERE s.server_type = 'dedicated' AND s.dedicated_user_id = $1
+                  AND s.status <> 'retired' AND s.wg_public_key IS NOT NULL
+                UNION ALL
+                SELECT s.*, 1 AS pick_rank FROM vpn_servers s
+                WHERE s.uuid = $2 AND s.server_type = 'shared' AND {USABLE}
+             ) s ORDER BY s.pick_rank, s.id LIMIT 1"
         )))
+        .bind(user_id)
         .bind(server)
         .fetch_optional(&mut *conn)
         .await?;
@@ -52,56 +69,69 @@ pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>)
             )
         });
     }
-    let region = match want.region {
-        Some(r) => Some(r.to_owned()),
-        None => {
-            let first: Option<(String,)> = sqlx::query_as(
-                "SELECT region FROM regional_identities WHERE user_id = $1 ORDER BY id LIMIT 1",
-            )
-            .bind(user_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            first
-                .map(|(r,)| r)
-                .or_else(|| want.default_region.map(str::to_owned))
-        }
-    };
-    let Some(region) = region else {
-        return Err(Error::conflict(
-            "no_server_available",
-            "no region is configured",
-        ));
-    };
-    let preferred: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT s.id, s.ipv4_subnet, s.ipv6_subnet FROM regional_identities i JOIN vpn_servers s ON s.id = i.server_id
-         WHERE i.user_id = $1 AND i.region = $2 AND s.server_type = 'shared' AND {USABLE}"
+    // One query for the usual case (it is on every device add): the user's dedicated server,
+    // else their identity server in the region, else the region's least loaded server. The
+    // region is the one asked for, else the user's first identity's, else the default.
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH wanted (region) AS (
+            SELECT COALESCE($2, (SELECT region FROM regional_identities WHERE user_id = $1 ORDER BY id LIMIT 1), $3)
+         )
+         SELECT {COLUMNS} FROM (
+            SELECT s.*, 0 AS pick_rank, 0 AS pick_load FROM vpn_servers s
+            WHERE s.server_type = 'dedicated' AND s.dedicated_user_id = $1
+              AND s.status <> 'retired' AND s.wg_public_key IS NOT NULL
+            UNION ALL
+            SELECT s.*, 1 AS pick_rank, 0 AS pick_load FROM regional_identities i
+            JOIN vpn_servers s ON s.id = i.server_id
+            JOIN wanted w ON i.region = w.region
+            WHERE i.user_id = $1 AND s.server_type = 'shared' AND {USABLE}
+            UNION ALL
+            SELECT s.*, 2 AS pick_rank, s.load_permille AS pick_load FROM vpn_servers s
+            JOIN wanted w ON s.region = w.region
+            WHERE s.server_type = 'shared' AND {USABLE}
+         ) s ORDER BY s.pick_rank, s.pick_load, s.id LIMIT 1"
     )))
     .bind(user_id)
-    .bind(&region)
+    .bind(want.region)
+    .bind(want.default_region)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(row) = preferred {
+    if let Some(row) = row {
         return Ok(chosen(row));
     }
-    let least_loaded: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT s.id, s.ipv4_subnet, s.ipv6_subnet FROM vpn_servers s
-         WHERE s.region = $1 AND s.server_type = 'shared' AND {USABLE} ORDER BY s.load_permille, s.id LIMIT 1"
-    )))
-    .bind(&region)
-    .fetch_optional(conn)
-    .await?;
-    least_loaded.map(chosen).ok_or_else(|| {
-        Error::conflict(
+    // Nothing: say which region had no server (a second query, on the refusal path only).
+    let region = match want.region {
+        Some(r) => Some(r.to_owned()),
+        None => sqlx::query_as::<_, (String,)>(
+            "SELECT region FROM regional_identities WHERE user_id = $1 ORDER BY id LIMIT 1",
+        )
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?
+        .map(|(r,)| r)
+        .or_else(|| want.default_region.map(str::to_owned)),
+    };
+    Err(match region {
+        Some(region) => Error::conflict(
             "no_server_available",
             format!("no server is available in {region} right now"),
-        )
+        ),
+        None => Error::conflict("no_server_available", "no region is configured"),
     })
 }
 
-fn chosen((id, ipv4_subnet, ipv6_subnet): Row) -> Chosen {
+fn chosen(
+    (id, ipv4_subnet, ipv6_subnet, uuid, region, country, endpoint_host, endpoint_port, public_key): Row,
+) -> Chosen {
     Chosen {
         id,
         ipv4_subnet,
         ipv6_subnet,
+        uuid,
+        region,
+        country,
+        endpoint_host,
+        endpoint_port,
+        public_key,
     }
 }
