@@ -41,22 +41,30 @@ type Row = (
 
 const COLUMNS: &str = "s.id, s.ipv4_subnet, s.ipv6_subnet, s.uuid, s.region, s.country, \
                        s.endpoint_host, s.endpoint_port, s.wg_public_key";
+/// The same columns, as named in the union of candidates.
+const NAMES: &str = "id, ipv4_subnet, ipv6_subnet, uuid, region, country, endpoint_host, endpoint_port, wg_public_key";
 
 /// Servers a config can be made for: in service and with a known WireGuard key.
 const USABLE: &str = "s.wg_public_key IS NOT NULL AND s.status = 'online'";
 
 pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>) -> Result<Chosen> {
+    // Each candidate is at most one row (a top-1 per branch), so the cost does not grow with
+    // the number of servers in a region beyond its index scan.
+    const DEDICATED: &str = "SELECT * FROM (
+        SELECT {COLUMNS}, 0 AS pick_rank FROM vpn_servers s
+        WHERE s.server_type = 'dedicated' AND s.dedicated_user_id = $1
+          AND s.status <> 'retired' AND s.wg_public_key IS NOT NULL
+        ORDER BY s.id LIMIT 1) d";
+    let dedicated = DEDICATED.replace("{COLUMNS}", COLUMNS);
     if let Some(server) = want.server {
         // A dedicated server still wins over the one asked for.
         let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM (
-                SELECT s.*, 0 AS pick_rank FROM vpn_servers s
-                WHERE s.server_type = 'dedicated' AND s.dedicated_user_id = $1
-                  AND s.status <> 'retired' AND s.wg_public_key IS NOT NULL
+            "SELECT {NAMES} FROM (
+                {dedicated}
                 UNION ALL
-                SELECT s.*, 1 AS pick_rank FROM vpn_servers s
-                WHERE s.uuid = $2 AND s.server_type = 'shared' AND {USABLE}
-             ) s ORDER BY s.pick_rank, s.id LIMIT 1"
+                SELECT * FROM (SELECT {COLUMNS}, 1 AS pick_rank FROM vpn_servers s
+                    WHERE s.uuid = $2 AND s.server_type = 'shared' AND {USABLE}) a
+             ) c ORDER BY pick_rank LIMIT 1"
         )))
         .bind(user_id)
         .bind(server)
@@ -76,20 +84,19 @@ pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>)
         "WITH wanted (region) AS (
             SELECT COALESCE($2, (SELECT region FROM regional_identities WHERE user_id = $1 ORDER BY id LIMIT 1), $3)
          )
-         SELECT {COLUMNS} FROM (
-            SELECT s.*, 0 AS pick_rank, 0 AS pick_load FROM vpn_servers s
-            WHERE s.server_type = 'dedicated' AND s.dedicated_user_id = $1
-              AND s.status <> 'retired' AND s.wg_public_key IS NOT NULL
+         SELECT {NAMES} FROM (
+            {dedicated}
             UNION ALL
-            SELECT s.*, 1 AS pick_rank, 0 AS pick_load FROM regional_identities i
-            JOIN vpn_servers s ON s.id = i.server_id
-            JOIN wanted w ON i.region = w.region
-            WHERE i.user_id = $1 AND s.server_type = 'shared' AND {USABLE}
+            SELECT * FROM (SELECT {COLUMNS}, 1 AS pick_rank FROM regional_identities i
+                JOIN vpn_servers s ON s.id = i.server_id
+                JOIN wanted w ON i.region = w.region
+                WHERE i.user_id = $1 AND s.server_type = 'shared' AND {USABLE} LIMIT 1) p
             UNION ALL
-            SELECT s.*, 2 AS pick_rank, s.load_permille AS pick_load FROM vpn_servers s
-            JOIN wanted w ON s.region = w.region
-            WHERE s.server_type = 'shared' AND {USABLE}
-         ) s ORDER BY s.pick_rank, s.pick_load, s.id LIMIT 1"
+            SELECT * FROM (SELECT {COLUMNS}, 2 AS pick_rank FROM vpn_servers s
+                JOIN wanted w ON s.region = w.region
+                WHERE s.server_type = 'shared' AND {USABLE}
+                ORDER BY s.load_permille, s.id LIMIT 1) l
+         ) c ORDER BY pick_rank LIMIT 1"
     )))
     .bind(user_id)
     .bind(want.region)
