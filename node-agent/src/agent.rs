@@ -86,25 +86,12 @@ impl Agent {
         let _turn = self.apply_lock.lock().await;
         let previous = self.store.with(|a| a.peers.clone());
         let diff = peers::diff(&previous, &desired);
-        let mut failed = if diff.is_empty() {
-            Vec::new()
-        } else {
-            self.iface.apply(diff).await?
-        };
-        let count = desired.len();
+        let failed = self.iface.apply(diff).await?;
         self.store.update(|a| {
             a.peers = desired;
             a.revision = revision;
         });
-        if !failed.is_empty() {
-            // The interface may now differ from what was assumed; compare it for real.
-            tracing::warn!(failed = failed.len(), "some peers failed; reconciling");
-            failed = self.reconcile_locked().await?;
-        }
-        self.metrics.peers.set(gauge(count));
-        self.metrics.applied_revision.set(gauge(revision));
-        self.metrics.apply_errors.inc_by(failed.len() as u64);
-        Ok(failed)
+        self.applied(failed, revision).await
     }
 
     /// Applies a stream's changes (only the peers they touch) and records `revision`.
@@ -115,18 +102,25 @@ impl Agent {
     ) -> Result<Vec<(String, String)>> {
         let _turn = self.apply_lock.lock().await;
         let (diff, updates) = self.store.with(|a| peers::change_diff(&a.peers, changes));
-        let mut failed = if diff.is_empty() {
-            Vec::new()
-        } else {
-            self.iface.apply(diff).await?
-        };
+        let failed = self.iface.apply(diff).await?;
         self.store.update_peers(revision, updates);
-        let count = self.store.with(|a| a.peers.len());
+        self.applied(failed, revision).await
+    }
+
+    /// After recording an application (apply lock held): if peers failed, the interface may
+    /// differ from what was assumed, so compare it for real; then the metrics.
+    async fn applied(
+        &self,
+        mut failed: Vec<(String, String)>,
+        revision: u64,
+    ) -> Result<Vec<(String, String)>> {
         if !failed.is_empty() {
             tracing::warn!(failed = failed.len(), "some peers failed; reconciling");
             failed = self.reconcile_locked().await?;
         }
-        self.metrics.peers.set(gauge(count));
+        self.metrics
+            .peers
+            .set(gauge(self.store.with(|a| a.peers.len())));
         self.metrics.applied_revision.set(gauge(revision));
         self.metrics.apply_errors.inc_by(failed.len() as u64);
         Ok(failed)

@@ -160,6 +160,9 @@ impl Interface {
     /// Applies a difference peer by peer. Returns the peers that failed, with the reason;
     /// one bad peer never stops the others.
     pub async fn apply(&self, diff: Diff) -> Result<Vec<(String, String)>> {
+        if diff.is_empty() {
+            return Ok(Vec::new());
+        }
         self.call(move |api| {
             let api = api.get();
             let mut failed = Vec::new();
@@ -189,7 +192,9 @@ impl Interface {
     /// Whether the device still runs. The userspace device can stop under the agent: boringtun
     /// watches SIGINT and SIGTERM itself (a signalfd on its threads) and may read the service
     /// manager's SIGTERM before the agent's handler does, and a crashed device stops too. Its
-    /// control socket stays open but nothing answers it any more, so ask it something.
+    /// control socket stays open but nothing answers it any more, so ask it something: a
+    /// command it does not know, which it answers with an errno line at once (`get=1` would
+    /// make it list every peer, twice a second).
     /// (A kernel interface outlives the agent anyway.)
     pub fn alive(&self) -> bool {
         use std::io::{Read as _, Write as _};
@@ -204,7 +209,7 @@ impl Interface {
         socket
             .set_read_timeout(Some(Duration::from_secs(2)))
             .is_ok()
-            && socket.write_all(b"get=1\n\n").is_ok()
+            && socket.write_all(b"ping=1\n\n").is_ok()
             && socket.read(&mut first).is_ok_and(|n| n > 0)
     }
 

@@ -50,12 +50,13 @@ const USABLE: &str = "s.wg_public_key IS NOT NULL AND s.status = 'online'";
 pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>) -> Result<Chosen> {
     // Each candidate is at most one row (a top-1 per branch), so the cost does not grow with
     // the number of servers in a region beyond its index scan.
-    const DEDICATED: &str = "SELECT * FROM (
-        SELECT {COLUMNS}, 0 AS pick_rank FROM vpn_servers s
-        WHERE s.server_type = 'dedicated' AND s.dedicated_user_id = $1
-          AND s.status <> 'retired' AND s.wg_public_key IS NOT NULL
-        ORDER BY s.id LIMIT 1) d";
-    let dedicated = DEDICATED.replace("{COLUMNS}", COLUMNS);
+    let dedicated = format!(
+        "SELECT * FROM (
+            SELECT {COLUMNS}, 0 AS pick_rank FROM vpn_servers s
+            WHERE s.server_type = 'dedicated' AND s.dedicated_user_id = $1
+              AND s.status <> 'retired' AND s.wg_public_key IS NOT NULL
+            ORDER BY s.id LIMIT 1) d"
+    );
     if let Some(server) = want.server {
         // A dedicated server still wins over the one asked for.
         let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(

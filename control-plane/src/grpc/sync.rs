@@ -171,8 +171,13 @@ impl NodeStream {
             session::changes_since(&self.grpc.db, self.server_id, self.sent).await?
         {
             self.sent = i64::try_from(changes.revision).unwrap_or(i64::MAX);
+            // A short batch was everything there was: no second query to learn that.
+            let more = changes.changes.len() >= session::CHANGES_BATCH_LEN;
             if !self.send(control_message::Body::Changes(changes)).await {
                 return Ok(false);
+            }
+            if !more {
+                break;
             }
         }
         Ok(true)

@@ -150,6 +150,17 @@ impl Hub {
     /// SQLite, after a commit: the servers with changes since the last look, in one indexed
     /// query whose cost grows with the new changes, not with the fleet.
     pub async fn refresh_new_changes(&self, db: &Db) -> Result<()> {
+        if self
+            .nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+        {
+            // Nobody to wake; the next look starts afresh (and a new session starts from the
+            // revision it reads itself).
+            self.last_change_id.store(-1, Ordering::Release);
+            return Ok(());
+        }
         let last = self.last_change_id.load(Ordering::Acquire);
         if last < 0 {
             let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM peer_changes")

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::storage::{Db, placeholders};
 
 /// Changes per `Changes` message; a node further behind gets several in a row.
-pub const CHANGES_BATCH: i64 = 1_000;
+pub const CHANGES_BATCH_LEN: usize = 1_000;
+const CHANGES_BATCH: i64 = CHANGES_BATCH_LEN as i64;
 /// A node this far behind gets a snapshot instead of the changes one by one.
 pub const SNAPSHOT_GAP: i64 = 10_000;
 /// Heartbeat intervals a node may announce, and the default when it announces none.
@@ -146,7 +147,7 @@ pub fn interface_settings(v4: &str, v6: Option<&str>, port: i64) -> InterfaceSet
     }
 }
 
-/// Up to [`CHANGES_BATCH`] changes after `after`, in order; `None` when there are none.
+/// Up to [`CHANGES_BATCH_LEN`] changes after `after`, in order; `None` when there are none.
 pub async fn changes_since(db: &Db, server_id: i64, after: i64) -> Result<Option<Changes>> {
     let rows = sqlx::query(
         "SELECT revision, op, public_key, old_public_key, allowed_ips FROM peer_changes
@@ -176,10 +177,10 @@ pub async fn changes_since(db: &Db, server_id: i64, after: i64) -> Result<Option
             old_public_key: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
         });
     }
-    Ok(changes.last().map(|last| Changes {
-        revision: last.revision,
-        changes: changes.clone(),
-    }))
+    Ok(changes
+        .last()
+        .map(|last| last.revision)
+        .map(|revision| Changes { revision, changes }))
 }
 
 /// The node applied everything up to `revision` except the listed keys: its devices become
