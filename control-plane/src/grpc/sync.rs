@@ -13,7 +13,8 @@ use truevault_proto::v1::{
 
 use super::NodeGrpc;
 use crate::error::{Error, Result};
-use crate::nodes::session::{self, Beat, Opened};
+use crate::nodes::hub::Registration;
+use crate::nodes::session::{self, AckBatch, Beat, Opened};
 
 /// Messages queued towards one node. Small on purpose: a slow node holds back its own session
 /// (which then reads a larger batch from the database later), never memory.
@@ -21,6 +22,9 @@ pub(super) const OUTBOUND_BUFFER: usize = 4;
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long acknowledgements gather before they are recorded together (one write for a burst).
+const ACK_DELAY: Duration = Duration::from_millis(20);
 
 type Outbound = mpsc::Sender<std::result::Result<ControlMessage, Status>>;
 
@@ -31,6 +35,9 @@ pub(super) struct NodeStream {
     out: Outbound,
     /// The last revision sent to the node.
     sent: i64,
+    /// Acknowledgements not yet recorded, and when they are due.
+    acks: AckBatch,
+    acks_due: Option<Instant>,
 }
 
 impl std::fmt::Debug for NodeStream {
@@ -62,6 +69,8 @@ impl NodeStream {
             inbound,
             out,
             sent: 0,
+            acks: AckBatch::default(),
+            acks_due: None,
         }
     }
 
@@ -69,7 +78,12 @@ impl NodeStream {
         let metrics = std::sync::Arc::clone(&self.grpc.metrics);
         metrics.node_sessions.inc();
         let server_id = self.server_id;
-        match self.drive().await {
+        let end = self.drive().await;
+        // Whatever the end, what the node acknowledged is true and worth keeping.
+        if let Err(e) = self.record_acks().await {
+            tracing::warn!(server_id, error = %e, "cannot record acknowledgements");
+        }
+        match end {
             Ok(End::Closed) => tracing::info!(server_id, "node stream closed"),
             Ok(End::Superseded) => tracing::info!(server_id, "node reconnected; old stream ended"),
             Ok(End::Silent) => tracing::warn!(server_id, "node missed 3 heartbeats; offline"),
@@ -105,7 +119,7 @@ impl NodeStream {
             agent = %hello.agent_version,
             "node connected"
         );
-        if !self.catch_up(&hello, opened).await? {
+        if !self.catch_up(&hello, opened, &registration).await? {
             return Ok(End::Closed);
         }
         let beat =
@@ -125,9 +139,12 @@ impl NodeStream {
                     if changed.is_err() {
                         return Ok(End::Superseded);
                     }
-                    if !self.send_changes().await? {
+                    if !self.send_changes(&registration).await? {
                         return Ok(End::Closed);
                     }
+                }
+                () = sleep_until(self.acks_due.unwrap_or_else(Instant::now)), if self.acks_due.is_some() => {
+                    self.record_acks().await?;
                 }
                 () = registration.superseded.notified() => return Ok(End::Superseded),
                 () = self.grpc.hub.closed() => return Ok(End::Closed),
@@ -147,7 +164,12 @@ impl NodeStream {
     }
 
     /// Brings the node from its applied revision to now. False if the node went away.
-    async fn catch_up(&mut self, hello: &Hello, opened: Opened) -> Result<bool> {
+    async fn catch_up(
+        &mut self,
+        hello: &Hello,
+        opened: Opened,
+        registration: &Registration,
+    ) -> Result<bool> {
         let db = &self.grpc.db;
         let applied = i64::try_from(hello.applied_revision).unwrap_or(i64::MAX);
         if session::needs_snapshot(db, self.server_id, applied, opened.revision).await? {
@@ -162,11 +184,16 @@ impl NodeStream {
         } else {
             self.sent = applied;
         }
-        self.send_changes().await
+        self.send_changes(registration).await
     }
 
     /// Sends every committed change after `sent`, in batches. False if the node went away.
-    async fn send_changes(&mut self) -> Result<bool> {
+    async fn send_changes(&mut self, registration: &Registration) -> Result<bool> {
+        // The rows the hub already read for this node, when they continue from `sent`.
+        if let Some(changes) = registration.take_changes(u64::try_from(self.sent).unwrap_or(0)) {
+            self.sent = i64::try_from(changes.revision).unwrap_or(i64::MAX);
+            return Ok(self.send(control_message::Body::Changes(changes)).await);
+        }
         while let Some(changes) =
             session::changes_since(&self.grpc.db, self.server_id, self.sent).await?
         {
@@ -183,6 +210,23 @@ impl NodeStream {
         Ok(true)
     }
 
+    async fn record_acks(&mut self) -> Result<()> {
+        self.acks_due = None;
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.acks);
+        let latencies = session::acknowledge(&self.grpc.db, self.server_id, &batch).await?;
+        for ms in latencies {
+            #[allow(clippy::cast_precision_loss)]
+            self.grpc
+                .metrics
+                .peer_propagation
+                .observe(ms.max(0) as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
     async fn send(&self, body: control_message::Body) -> bool {
         self.out
             .send(Ok(ControlMessage { body: Some(body) }))
@@ -194,22 +238,15 @@ impl NodeStream {
         let now = self.grpc.clock.now_ms();
         match message.body {
             Some(agent_message::Body::Ack(ack)) => {
-                let failed: Vec<String> = ack.errors.iter().map(|e| e.public_key.clone()).collect();
                 for error in &ack.errors {
                     tracing::warn!(server_id = self.server_id, key = %error.public_key, error = %error.message, "node could not apply a peer");
                     self.grpc.metrics.peer_apply_errors.inc();
                 }
                 let revision = i64::try_from(ack.revision).unwrap_or(i64::MAX);
-                let latencies =
-                    session::acknowledge(&self.grpc.db, self.server_id, revision, &failed, now)
-                        .await?;
-                for ms in latencies {
-                    #[allow(clippy::cast_precision_loss)]
-                    self.grpc
-                        .metrics
-                        .peer_propagation
-                        .observe(ms.max(0) as f64 / 1000.0);
-                }
+                self.acks
+                    .add(revision, ack.errors.into_iter().map(|e| e.public_key), now);
+                self.acks_due
+                    .get_or_insert_with(|| Instant::now() + ACK_DELAY);
                 Ok(Beat::Recorded)
             }
             Some(agent_message::Body::Heartbeat(beat)) => {

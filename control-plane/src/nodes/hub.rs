@@ -7,17 +7,21 @@
 //!
 //! Wake-ups come from the commit itself. On PostgreSQL, `peers::record` sends a `NOTIFY`
 //! inside the transaction, which the server delivers on commit to every replica's listener.
-//! On SQLite (one process), every write commit pings the hub, which reads the revisions of the
-//! connected servers once per burst of commits. A slow tick repeats that read on both engines
-//! (changes made by another process, a dropped listener; `node_resync_interval_secs`, 5 s) and
-//! marks silent nodes offline.
+//! On SQLite (one process), every write commit pings the hub, which reads the new
+//! `peer_changes` rows once per burst of commits and hands each connected session its own rows
+//! (up to one batch), so the session sends them without querying again. A slow tick re-reads
+//! the revisions on both engines (changes made by another process, a dropped listener;
+//! `node_resync_interval_secs`, 5 s) and marks silent nodes offline; a session whose handed
+//! rows do not follow on from what it sent reads `peer_changes` itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use sqlx::Row as _;
 use tokio::sync::{Notify, watch};
+use truevault_proto::v1::{Changes, PeerChange};
 
 use crate::clock::SharedClock;
 use crate::error::Result;
@@ -55,7 +59,14 @@ struct Entry {
     session: u64,
     revision: watch::Sender<i64>,
     superseded: Arc<Notify>,
+    handed: Arc<Mutex<VecDeque<PeerChange>>>,
 }
+
+/// Rows a session may be handed before it must read `peer_changes` itself: a session that
+/// falls behind costs one batch of memory, never more.
+const HANDED_MAX: usize = session::CHANGES_BATCH_LEN;
+/// Rows the hub reads per query after a commit.
+const READ_BATCH: i64 = 2_000;
 
 /// A session's place in the hub; dropping it leaves (unless a newer session took the place).
 #[derive(Debug)]
@@ -67,6 +78,24 @@ pub struct Registration {
     pub revision: watch::Receiver<i64>,
     /// Notified when a newer session of the same node registers on this replica.
     pub superseded: Arc<Notify>,
+    handed: Arc<Mutex<VecDeque<PeerChange>>>,
+}
+
+impl Registration {
+    /// The changes after `sent` that the hub read for this session, if they follow on from
+    /// `sent` without a gap; otherwise `None`, and the session reads `peer_changes` itself.
+    pub fn take_changes(&self, sent: u64) -> Option<Changes> {
+        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        while handed.front().is_some_and(|c| c.revision <= sent) {
+            handed.pop_front();
+        }
+        if handed.front()?.revision != sent + 1 {
+            return None;
+        }
+        let changes: Vec<PeerChange> = handed.drain(..).collect();
+        let revision = changes.last()?.revision;
+        Some(Changes { revision, changes })
+    }
 }
 
 impl Drop for Registration {
@@ -92,6 +121,7 @@ impl Hub {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(revision);
         let superseded = Arc::new(Notify::new());
+        let handed = Arc::new(Mutex::new(VecDeque::new()));
         let old = self
             .nodes
             .lock()
@@ -102,6 +132,7 @@ impl Hub {
                     session,
                     revision: tx,
                     superseded: Arc::clone(&superseded),
+                    handed: Arc::clone(&handed),
                 },
             );
         if let Some(old) = old {
@@ -114,6 +145,7 @@ impl Hub {
             session,
             revision: rx,
             superseded,
+            handed,
         }
     }
 
@@ -161,7 +193,7 @@ impl Hub {
             self.last_change_id.store(-1, Ordering::Release);
             return Ok(());
         }
-        let last = self.last_change_id.load(Ordering::Acquire);
+        let mut last = self.last_change_id.load(Ordering::Acquire);
         if last < 0 {
             let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM peer_changes")
                 .fetch_one(db.pool())
@@ -170,19 +202,47 @@ impl Hub {
                 .store(max.unwrap_or(0), Ordering::Release);
             return self.refresh(db).await;
         }
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT server_id, MAX(revision), MAX(id) FROM peer_changes WHERE id > $1 GROUP BY server_id",
-        )
-        .bind(last)
-        .fetch_all(db.pool())
-        .await?;
-        let mut newest = last;
-        for (server_id, revision, id) in rows {
-            self.observe(server_id, revision);
-            newest = newest.max(id);
+        loop {
+            let rows = sqlx::query(
+                "SELECT id, server_id, revision, op, public_key, old_public_key, allowed_ips
+                 FROM peer_changes WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(last)
+            .bind(READ_BATCH)
+            .fetch_all(db.pool())
+            .await?;
+            let full = rows.len() >= usize::try_from(READ_BATCH).unwrap_or(usize::MAX);
+            let mut latest: HashMap<i64, i64> = HashMap::new();
+            {
+                let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+                for row in rows {
+                    last = row.try_get(0)?;
+                    let server_id: i64 = row.try_get(1)?;
+                    let Some(entry) = nodes.get(&server_id) else {
+                        continue;
+                    };
+                    let change = session::change_from_row(&row, 2)?;
+                    latest.insert(
+                        server_id,
+                        i64::try_from(change.revision).unwrap_or(i64::MAX),
+                    );
+                    let mut handed = entry.handed.lock().unwrap_or_else(PoisonError::into_inner);
+                    if handed.len() >= HANDED_MAX {
+                        // Too far behind to hand over: it reads the database instead.
+                        handed.clear();
+                    }
+                    handed.push_back(change);
+                }
+            }
+            // The rows are handed over before the wake-up, so a woken session finds them.
+            for (server_id, revision) in latest {
+                self.observe(server_id, revision);
+            }
+            self.last_change_id.fetch_max(last, Ordering::AcqRel);
+            if !full {
+                return Ok(());
+            }
         }
-        self.last_change_id.fetch_max(newest, Ordering::AcqRel);
-        Ok(())
     }
 
     /// Reads the revisions of every connected server and wakes the sessions behind.

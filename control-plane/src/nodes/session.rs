@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use sqlx::Row as _;
+use sqlx::any::AnyRow;
 use truevault_proto::v1::{
     Backend, ChangeKind, Changes, Heartbeat, Hello, InterfaceSettings, Peer, PeerChange,
 };
@@ -158,42 +159,88 @@ pub async fn changes_since(db: &Db, server_id: i64, after: i64) -> Result<Option
     .bind(CHANGES_BATCH)
     .fetch_all(db.pool())
     .await?;
-    let mut changes = Vec::with_capacity(rows.len());
-    for row in rows {
-        let revision: i64 = row.try_get(0)?;
-        let op: String = row.try_get(1)?;
-        let allowed: Option<String> = row.try_get(4)?;
-        changes.push(PeerChange {
-            revision: u64::try_from(revision).unwrap_or_default(),
-            kind: if op == "remove" {
-                ChangeKind::Remove
-            } else {
-                ChangeKind::Upsert
-            } as i32,
-            peer: Some(Peer {
-                public_key: row.try_get(2)?,
-                allowed_ips: allowed.as_deref().map(split_ips).unwrap_or_default(),
-            }),
-            old_public_key: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
-        });
-    }
+    let changes = rows
+        .iter()
+        .map(|row| change_from_row(row, 0))
+        .collect::<Result<Vec<_>>>()?;
     Ok(changes
         .last()
         .map(|last| last.revision)
         .map(|revision| Changes { revision, changes }))
 }
 
-/// The node applied everything up to `revision` except the listed keys: its devices become
-/// `active`. Returns the commit-to-acknowledgement latency of each newly acknowledged change.
-pub async fn acknowledge(
-    db: &Db,
-    server_id: i64,
+/// A change from a `peer_changes` row whose columns from `first` on are `revision, op,
+/// public_key, old_public_key, allowed_ips`.
+pub fn change_from_row(row: &AnyRow, first: usize) -> Result<PeerChange> {
+    let revision: i64 = row.try_get(first)?;
+    let op: String = row.try_get(first + 1)?;
+    let allowed: Option<String> = row.try_get(first + 4)?;
+    Ok(PeerChange {
+        revision: u64::try_from(revision).unwrap_or_default(),
+        kind: if op == "remove" {
+            ChangeKind::Remove
+        } else {
+            ChangeKind::Upsert
+        } as i32,
+        peer: Some(Peer {
+            public_key: row.try_get(first + 2)?,
+            allowed_ips: allowed.as_deref().map(split_ips).unwrap_or_default(),
+        }),
+        old_public_key: row
+            .try_get::<Option<String>, _>(first + 3)?
+            .unwrap_or_default(),
+    })
+}
+
+/// Acknowledgements received from a node and not yet recorded. They are recorded together a
+/// moment after the first one arrives, so a burst of changes costs one write, not one per
+/// change, and customers' writes rarely queue behind an acknowledgement.
+#[derive(Debug, Default)]
+pub struct AckBatch {
+    /// The highest revision acknowledged.
     revision: i64,
-    failed_keys: &[String],
-    now: Millis,
-) -> Result<Vec<Millis>> {
+    /// Keys the node could not apply, in any acknowledgement of the batch (they stay pending).
+    failed: HashSet<String>,
+    /// Each acknowledgement's revision and arrival, in arrival order.
+    received: Vec<(i64, Millis)>,
+}
+
+impl AckBatch {
+    pub fn add(
+        &mut self,
+        revision: i64,
+        failed_keys: impl IntoIterator<Item = String>,
+        at: Millis,
+    ) {
+        self.revision = self.revision.max(revision);
+        self.failed.extend(failed_keys);
+        self.received.push((revision, at));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.received.is_empty()
+    }
+
+    /// When the change at `revision` was first acknowledged.
+    fn acknowledged_at(&self, revision: i64) -> Option<Millis> {
+        let mut highest = i64::MIN;
+        self.received.iter().find_map(|&(r, at)| {
+            highest = highest.max(r);
+            (highest >= revision).then_some(at)
+        })
+    }
+}
+
+/// Records a batch of acknowledgements: the node applied everything up to the batch's revision
+/// except the failed keys, so those devices become `active`. Returns the commit-to-
+/// acknowledgement latency of each newly acknowledged change.
+pub async fn acknowledge(db: &Db, server_id: i64, batch: &AckBatch) -> Result<Vec<Millis>> {
+    let Some(&(_, now)) = batch.received.last() else {
+        return Ok(Vec::new());
+    };
+    let revision = batch.revision;
     // Reads first, outside the write turn (WAL readers never wait for writers): the write
-    // itself is two guarded updates, so acknowledgements barely delay customers' writes.
+    // itself is two guarded updates.
     let (before,): (i64,) =
         sqlx::query_as("SELECT applied_revision FROM vpn_servers WHERE id = $1")
             .bind(server_id)
@@ -202,8 +249,9 @@ pub async fn acknowledge(
     if revision <= before {
         return Ok(Vec::new());
     }
-    let created: Vec<(i64,)> = sqlx::query_as(
-        "SELECT created_at FROM peer_changes WHERE server_id = $1 AND revision > $2 AND revision <= $3
+    let created: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT revision, created_at FROM peer_changes
+         WHERE server_id = $1 AND revision > $2 AND revision <= $3
          ORDER BY revision LIMIT 10000",
     )
     .bind(server_id)
@@ -226,8 +274,7 @@ pub async fn acknowledge(
     }
     // A device is installed once the node has applied its latest upsert (after a key rotation,
     // the upsert of the new key, not the first one).
-    let failed: HashSet<&str> = failed_keys.iter().map(String::as_str).collect();
-    let failed: Vec<&str> = failed.into_iter().collect();
+    let failed: Vec<&str> = batch.failed.iter().map(String::as_str).collect();
     let mut sql = String::from(
         "UPDATE devices SET status = 'active', applied_at = COALESCE(applied_at, $1), updated_at = $1
          WHERE server_id = $2 AND status = 'pending'
@@ -249,7 +296,10 @@ pub async fn acknowledge(
     }
     query.execute(tx.conn()).await?;
     tx.commit().await?;
-    Ok(created.into_iter().map(|(at,)| now - at).collect())
+    Ok(created
+        .into_iter()
+        .map(|(revision, created)| batch.acknowledged_at(revision).unwrap_or(now) - created)
+        .collect())
 }
 
 /// What a heartbeat changed.
