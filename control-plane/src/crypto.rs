@@ -40,6 +40,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
     out
 }
 
+/// Raw SHA-256, for in-memory keys.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
+    out
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
