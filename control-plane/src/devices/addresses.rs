@@ -138,13 +138,34 @@ pub fn random_ula64() -> String {
     format!("{}/64", Ipv6Addr::from(net))
 }
 
-/// Takes a host index on `server_id`: a released one past its quarantine, else a new one.
-/// None when the subnet is full.
+/// Takes a host index on `server_id`: a released one past its quarantine (looked for only if
+/// the server `has_released` any), else a new one. None when the subnet is full.
 pub async fn allocate(
     conn: &mut AnyConnection,
     engine: Engine,
     server_id: i64,
     max_host: i64,
+    has_released: bool,
+    now: Millis,
+) -> Result<Option<i64>> {
+    if has_released && let Some(host) = reuse(conn, engine, server_id, now).await? {
+        return Ok(Some(host));
+    }
+    let fresh: Option<(i64,)> = sqlx::query_as(
+        "UPDATE vpn_servers SET next_host = next_host + 1 WHERE id = $1 AND next_host <= $2 RETURNING next_host - 1",
+    )
+    .bind(server_id)
+    .bind(max_host)
+    .fetch_optional(conn)
+    .await?;
+    Ok(fresh.map(|(h,)| h))
+}
+
+/// The longest-released address whose quarantine is over, taken off the list.
+async fn reuse(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    server_id: i64,
     now: Millis,
 ) -> Result<Option<i64>> {
     let reuse = match engine {
@@ -164,19 +185,9 @@ pub async fn allocate(
     let reused: Option<(i64,)> = sqlx::query_as(reuse)
         .bind(server_id)
         .bind(now)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(conn)
         .await?;
-    if let Some((host,)) = reused {
-        return Ok(Some(host));
-    }
-    let fresh: Option<(i64,)> = sqlx::query_as(
-        "UPDATE vpn_servers SET next_host = next_host + 1 WHERE id = $1 AND next_host <= $2 RETURNING next_host - 1",
-    )
-    .bind(server_id)
-    .bind(max_host)
-    .fetch_optional(conn)
-    .await?;
-    Ok(fresh.map(|(h,)| h))
+    Ok(reused.map(|(h,)| h))
 }
 
 /// Returns a host index to the server, usable again after `available_at`.

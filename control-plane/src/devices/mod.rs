@@ -250,6 +250,7 @@ impl Devices {
             self.db.engine(),
             server.id,
             subnets.max_host(),
+            server.has_released,
             now,
         )
         .await?

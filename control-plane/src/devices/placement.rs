@@ -25,6 +25,9 @@ pub struct Chosen {
     pub endpoint_host: String,
     pub endpoint_port: i64,
     pub public_key: Option<String>,
+    /// Whether the server has released addresses (perhaps still in quarantine); without any,
+    /// allocation goes straight to the server's counter.
+    pub has_released: bool,
 }
 
 type Row = (
@@ -37,12 +40,15 @@ type Row = (
     String,
     i64,
     Option<String>,
+    i64,
 );
 
 const COLUMNS: &str = "s.id, s.ipv4_subnet, s.ipv6_subnet, s.uuid, s.region, s.country, \
                        s.endpoint_host, s.endpoint_port, s.wg_public_key";
-/// The same columns, as named in the union of candidates.
-const NAMES: &str = "id, ipv4_subnet, ipv6_subnet, uuid, region, country, endpoint_host, endpoint_port, wg_public_key";
+/// The same columns, as named in the union of candidates, and whether addresses were released.
+const NAMES: &str = "id, ipv4_subnet, ipv6_subnet, uuid, region, country, endpoint_host, endpoint_port, wg_public_key, \
+                     CAST(CASE WHEN EXISTS (SELECT 1 FROM released_addresses r WHERE r.server_id = c.id) \
+                          THEN 1 ELSE 0 END AS BIGINT)";
 
 /// Servers a config can be made for: in service and with a known WireGuard key.
 const USABLE: &str = "s.wg_public_key IS NOT NULL AND s.status = 'online'";
@@ -129,7 +135,18 @@ pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>)
 }
 
 fn chosen(
-    (id, ipv4_subnet, ipv6_subnet, uuid, region, country, endpoint_host, endpoint_port, public_key): Row,
+    (
+        id,
+        ipv4_subnet,
+        ipv6_subnet,
+        uuid,
+        region,
+        country,
+        endpoint_host,
+        endpoint_port,
+        public_key,
+        has_released,
+    ): Row,
 ) -> Chosen {
     Chosen {
         id,
@@ -141,5 +158,6 @@ fn chosen(
         endpoint_host,
         endpoint_port,
         public_key,
+        has_released: has_released != 0,
     }
 }
