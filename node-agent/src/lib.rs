@@ -4,7 +4,8 @@
 //! - `config`: settings (TOML, `TRUEVAULT_AGENT_*` variables).
 //! - `keys`: the WireGuard and TLS keys, made on the node, files 0600.
 //! - `control`: the mTLS channel, enrollment and certificate renewal.
-//! - `wireguard`: the interface on its own thread (kernel or userspace backend).
+//! - `wireguard`: the interface on its own thread (kernel or userspace backend); `uapi`: the
+//!   userspace device's control socket, for changes in batches.
 //! - `peers`: peer sets and per-peer differences; `state`: the applied state, saved coalesced.
 //! - `agent`: the tasks; `session`: one Sync stream; `health`: `/healthz` and `/metrics`.
 
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod peers;
 pub mod session;
 pub mod state;
+mod uapi;
 pub mod wireguard;
 
 pub use agent::Agent;

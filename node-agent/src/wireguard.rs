@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::keys::{Secret, parse_key};
 use crate::peers::{Diff, PeerSet};
 use crate::state::InterfacePlan;
+use crate::uapi;
 
 /// How long one call may take; configuring 10,000 peers at once takes about 1.5 s here.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -157,34 +158,16 @@ impl Interface {
             .map_err(|_| Error::WireGuard("the interface thread died".into()))
     }
 
-    /// Applies a difference peer by peer. Returns the peers that failed, with the reason;
-    /// one bad peer never stops the others.
+    /// Applies a difference. Returns the peers that failed, with the reason; one bad peer
+    /// never stops the others.
     pub async fn apply(&self, diff: Diff) -> Result<Vec<(String, String)>> {
         if diff.is_empty() {
             return Ok(Vec::new());
         }
-        self.call(move |api| {
-            let api = api.get();
-            let mut failed = Vec::new();
-            for key in diff.remove {
-                let result = parse_key(&key).and_then(|k| {
-                    api.remove_peer(&k)
-                        .map_err(|e| Error::WireGuard(e.to_string()))
-                });
-                if let Err(e) = result {
-                    failed.push((key, e.to_string()));
-                }
-            }
-            for (key, ips) in diff.add {
-                let result = to_peer(&key, &ips).and_then(|p| {
-                    api.configure_peer(&p)
-                        .map_err(|e| Error::WireGuard(e.to_string()))
-                });
-                if let Err(e) = result {
-                    failed.push((key, e.to_string()));
-                }
-            }
-            failed
+        let name = self.name.clone();
+        self.call(move |api| match api {
+            Api::Userspace(api) => apply_batched(&name, api, diff),
+            Api::Kernel(api) => apply_each(api, diff),
         })
         .await
     }
@@ -192,25 +175,10 @@ impl Interface {
     /// Whether the device still runs. The userspace device can stop under the agent: boringtun
     /// watches SIGINT and SIGTERM itself (a signalfd on its threads) and may read the service
     /// manager's SIGTERM before the agent's handler does, and a crashed device stops too. Its
-    /// control socket stays open but nothing answers it any more, so ask it something: a
-    /// command it does not know, which it answers with an errno line at once (`get=1` would
-    /// make it list every peer, twice a second).
+    /// control socket stays open but nothing answers it any more, so ask it something.
     /// (A kernel interface outlives the agent anyway.)
     pub fn alive(&self) -> bool {
-        use std::io::{Read as _, Write as _};
-        if self.backend == Backend::Kernel {
-            return true;
-        }
-        let path = format!("/var/run/wireguard/{}.sock", self.name);
-        let Ok(mut socket) = std::os::unix::net::UnixStream::connect(path) else {
-            return false;
-        };
-        let mut first = [0u8; 16];
-        socket
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .is_ok()
-            && socket.write_all(b"ping=1\n\n").is_ok()
-            && socket.read(&mut first).is_ok_and(|n| n > 0)
+        self.backend == Backend::Kernel || uapi::answers(&self.name)
     }
 
     /// Reads the interface's real peers and counters.
@@ -249,6 +217,82 @@ fn create(
     api.create_interface().map_err(wg)?;
     api.configure_interface(config).map_err(wg)?;
     Ok((Api::Userspace(api), Backend::Userspace, true))
+}
+
+/// Peer by peer: a removal, then an addition (a changed peer is removed and added again).
+fn apply_each(api: &dyn WireguardInterfaceApi, diff: Diff) -> Vec<(String, String)> {
+    let mut failed = Vec::new();
+    for key in diff.remove {
+        let result = parse_key(&key).and_then(|k| {
+            api.remove_peer(&k)
+                .map_err(|e| Error::WireGuard(e.to_string()))
+        });
+        if let Err(e) = result {
+            failed.push((key, e.to_string()));
+        }
+    }
+    for (key, ips) in diff.add {
+        let result = to_peer(&key, &ips).and_then(|p| {
+            api.configure_peer(&p)
+                .map_err(|e| Error::WireGuard(e.to_string()))
+        });
+        if let Err(e) = result {
+            failed.push((key, e.to_string()));
+        }
+    }
+    failed
+}
+
+/// The userspace device: every removal in one message, then every addition in another. A
+/// refused message may have taken effect up to the peer at fault, so then the device is read
+/// and what did not happen is done peer by peer, which names the peer at fault.
+fn apply_batched(name: &str, api: &WGApi<Userspace>, diff: Diff) -> Vec<(String, String)> {
+    let mut failed = Vec::new();
+    let mut parsed = |key: &str, ips: &[String]| match to_peer(key, ips) {
+        Ok(peer) => Some(peer),
+        Err(e) => {
+            failed.push((key.to_owned(), e.to_string()));
+            None
+        }
+    };
+    let removals: Vec<Peer> = diff.remove.iter().filter_map(|k| parsed(k, &[])).collect();
+    let additions: Vec<Peer> = diff
+        .add
+        .iter()
+        .filter_map(|(k, ips)| parsed(k, ips))
+        .collect();
+    let Err(e) = uapi::remove_all(name, &removals).and_then(|()| uapi::add_all(name, &additions))
+    else {
+        return failed;
+    };
+    tracing::warn!(error = %e, "the device refused a batched change; applying it peer by peer");
+    let present = match api.read_interface_data() {
+        Ok(host) => host.peers,
+        Err(e) => {
+            failed.extend(
+                diff.remove
+                    .into_iter()
+                    .chain(diff.add.into_iter().map(|(k, _)| k))
+                    .map(|k| (k, e.to_string())),
+            );
+            return failed;
+        }
+    };
+    // Keys that did not parse are already among the failures.
+    let on_device = |key: &str| parse_key(key).map(|k| present.contains_key(&k));
+    let remove: Vec<String> = diff
+        .remove
+        .into_iter()
+        .filter(|k| on_device(k).unwrap_or(false))
+        .collect();
+    let add = diff
+        .add
+        .into_iter()
+        .filter(|(k, _)| on_device(k).is_ok_and(|on| !on || remove.contains(k)))
+        .collect();
+    let rest = Diff { remove, add };
+    failed.extend(apply_each(api, rest));
+    failed
 }
 
 fn to_peer(key: &str, ips: &[String]) -> Result<Peer> {

@@ -82,6 +82,7 @@ async fn adds(total: usize, seed: &support::SeedResult) -> Vec<String> {
         let _ = stopped.await;
     }));
 
+    let wg_name = truevault_e2e::WgName::new("tvb");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
     let config = AgentConfig {
@@ -90,7 +91,7 @@ async fn adds(total: usize, seed: &support::SeedResult) -> Vec<String> {
         ca_file: settings.data_dir.join("node-ca.pem"),
         state_dir: dir.path().join("agent"),
         token_file: Some(token_file),
-        interface: format!("tvb{}", std::process::id() % 100_000),
+        interface: wg_name.to_string(),
         backend: BackendChoice::Userspace,
         health_listen: "127.0.0.1:0".parse().unwrap(),
         ..AgentConfig::default()

@@ -121,6 +121,43 @@ impl Drop for Netns {
     }
 }
 
+/// A WireGuard interface name unique to this test, whose control socket is removed when this
+/// is dropped. `/var/run/wireguard/` is shared by every namespace, and a device killed with
+/// SIGKILL (or a test that fails) leaves its socket behind there.
+#[derive(Debug)]
+pub struct WgName(pub String);
+
+impl WgName {
+    pub fn new(prefix: &str) -> Self {
+        Self(unique(prefix))
+    }
+}
+
+impl std::ops::Deref for WgName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WgName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for WgName {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_ref()
+    }
+}
+
+impl Drop for WgName {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.0));
+    }
+}
+
 /// Joins two namespaces with a veth pair: `a` gets `addr_a`, `b` gets `addr_b` (with prefix).
 pub fn link(a: &Netns, addr_a: &str, b: &Netns, addr_b: &str) {
     let (ia, ib) = (unique("va"), unique("vb"));

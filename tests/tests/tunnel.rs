@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use truevault_e2e::{Api, Netns, Proc, binary, link, require_root, run, unique, wait_until};
+use truevault_e2e::{Api, Netns, Proc, WgName, binary, link, require_root, run, wait_until};
 
 const SERVER_VETH: &str = "10.231.0.1";
 const TUNNEL_SERVER: &str = "10.77.0.1";
@@ -62,13 +62,13 @@ impl ControlPlane<'_> {
 
 struct Client<'a> {
     ns: &'a Netns,
-    iface: String,
+    iface: WgName,
     _wireguard_go: Proc,
 }
 
 impl<'a> Client<'a> {
     fn start(ns: &'a Netns, dir: &Path) -> Self {
-        let iface = unique("tvc");
+        let iface = WgName::new("tvc");
         let proc = Proc::spawn(
             "wireguard-go",
             ns.command("wireguard-go").args(["-f", &iface]),
@@ -200,7 +200,7 @@ fn a_device_added_through_the_api_passes_traffic_through_the_node_agent() {
     std::fs::write(&token_file, token["token"].as_str().unwrap()).unwrap();
 
     // The agent enrolls with the token, creates its interface and connects.
-    let wg_iface = unique("tvs");
+    let wg_iface = WgName::new("tvs");
     let agent_log = dir.path().join("agent.log");
     let agent_cmd = || {
         let mut cmd = server_ns.command(binary("truevault-agent"));
