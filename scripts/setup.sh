@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project's run and test commands need on a Debian machine: jq and curl for
-# the README examples, python3-aiosmtpd (an SMTP server for the mail tests), and, for the node
-# agent's tests, userspace WireGuard and iproute2.
+# the README examples, python3-aiosmtpd (an SMTP server for the mail tests), cloud-init (to
+# check the rendered node bootstrap against its schema), and, for the node agent's tests,
+# userspace WireGuard and iproute2.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ command -v wireguard-go >/dev/null || need+=(wireguard-go)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v wg >/dev/null || need+=(wireguard-tools)
 command -v ip >/dev/null || need+=(iproute2)
+# cloud-init's own schema check for the rendered node bootstrap document.
+command -v cloud-init >/dev/null || need+=(cloud-init)
 # A real SMTP server on loopback for the mail tests.
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
 
