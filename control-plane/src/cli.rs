@@ -13,6 +13,8 @@ use crate::automation::tasks::TaskAction;
 use crate::automation::{Automation, UserRef};
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::{Overrides, Settings};
+use crate::dedicated::orders::{self, ManualOrderInput};
+use crate::dedicated::pool::{self, PoolInput, PoolStatusInput};
 use crate::error::{Error, Result};
 use crate::nodes::enrollment;
 use crate::secret::Secret;
@@ -114,6 +116,59 @@ enum AdminCommand {
         email: String,
         #[arg(long)]
         days: i64,
+    },
+    /// The pool of pre-provisioned dedicated servers.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Dedicated-server orders.
+    #[command(subcommand)]
+    Orders(OrdersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// List the pool.
+    List,
+    /// Put an idle server (with its agent enrolled) into the pool.
+    Add {
+        #[arg(long)]
+        server: i64,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        provider_instance_id: Option<String>,
+        #[arg(long, value_parser = ["dedicated", "shared", "enterprise"])]
+        tier: Option<String>,
+        #[arg(long)]
+        monthly_cost_cents: Option<i64>,
+    },
+    /// Take a pool server out of service or back.
+    SetStatus {
+        #[arg(long)]
+        id: i64,
+        #[arg(long, value_parser = ["available", "maintenance", "retired"])]
+        status: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrdersCommand {
+    /// List orders, newest first.
+    List {
+        #[arg(long, value_parser = ["pending", "provisioning", "configuring", "completed", "failed"])]
+        status: Option<String>,
+    },
+    /// Record a dedicated-server purchase paid outside PayPal (served from the pool if it can).
+    Place {
+        #[arg(long)]
+        user: i64,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        amount_cents: Option<i64>,
+        /// The payment's reference (unique); default: generated.
+        #[arg(long)]
+        reference: Option<String>,
     },
 }
 
@@ -367,6 +422,29 @@ async fn admin(
             let user = accounts.set_role(email, role, Actor::Cli).await?;
             out(&json(&user)?);
         }
+        AdminCommand::Pool(cmd) => pool_command(accounts.db(), cmd).await?,
+        AdminCommand::Orders(OrdersCommand::List { status }) => {
+            out(&json(
+                &orders::list(accounts.db(), status.as_deref()).await?,
+            )?);
+        }
+        AdminCommand::Orders(OrdersCommand::Place {
+            user,
+            region,
+            amount_cents,
+            reference,
+        }) => {
+            let input = ManualOrderInput {
+                user_id: Some(*user),
+                region: Some(region.clone()),
+                amount_cents: *amount_cents,
+                reference: reference.clone(),
+            };
+            let order =
+                orders::place_manual(accounts.db(), input, Actor::Cli, None, SystemClock.now_ms())
+                    .await?;
+            out(&json(&order)?);
+        }
         AdminCommand::Vip(VipCommand::List) => out(&json(&accounts.list_vips().await?)?),
         AdminCommand::Vip(VipCommand::Add { email, tier, note }) => {
             let input = VipInput {
@@ -382,6 +460,41 @@ async fn admin(
             out(&format!("removed {email} from the VIP list"));
         }
     }
+    Ok(())
+}
+
+async fn pool_command(db: &crate::storage::Db, cmd: &PoolCommand) -> Result<()> {
+    let now = SystemClock.now_ms();
+    let view = match cmd {
+        PoolCommand::List => {
+            out(&json(&pool::list(db).await?)?);
+            return Ok(());
+        }
+        PoolCommand::Add {
+            server,
+            provider,
+            provider_instance_id,
+            tier,
+            monthly_cost_cents,
+        } => {
+            let input = PoolInput {
+                server_id: Some(*server),
+                provider: provider.clone(),
+                provider_instance_id: provider_instance_id.clone(),
+                tier: tier.clone(),
+                monthly_cost_cents: *monthly_cost_cents,
+                specs: None,
+            };
+            pool::add(db, input, Actor::Cli, None, now).await?
+        }
+        PoolCommand::SetStatus { id, status } => {
+            let input = PoolStatusInput {
+                status: status.clone(),
+            };
+            pool::set_status(db, *id, input, Actor::Cli, None, now).await?
+        }
+    };
+    out(&json(&view)?);
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod dedicated;
 pub mod devices;
 pub mod error;
 mod fsutil;

@@ -223,6 +223,89 @@ async fn operator_commands_manage_admins_and_the_vip_list(engine: Engine) {
     let list: serde_json::Value =
         serde_json::from_str(&stdout(&cmd(&["admin", "vip", "list"], &[]))).unwrap();
     assert_eq!(list, serde_json::json!([]));
+
+    // A server into the pool, then an order for the admin account served from it.
+    let json = |out: &Output| -> serde_json::Value { serde_json::from_str(&stdout(out)).unwrap() };
+    let server = json(&cmd(
+        &[
+            "admin",
+            "servers",
+            "add",
+            "--name",
+            "pool-1",
+            "--region",
+            "us-east",
+            "--endpoint-host",
+            "203.0.113.9",
+        ],
+        &[],
+    ));
+    let server_id = server["id"].to_string();
+    let pooled = json(&cmd(
+        &[
+            "admin",
+            "pool",
+            "add",
+            "--server",
+            &server_id,
+            "--provider",
+            "contabo",
+        ],
+        &[],
+    ));
+    assert_eq!(pooled["status"], "available");
+    assert_eq!(pooled["ip_address"], "203.0.113.9");
+    assert!(
+        !cmd(&["admin", "pool", "add", "--server", &server_id], &[])
+            .status
+            .success()
+    );
+    let user = admin["id"].to_string();
+    let order = json(&cmd(
+        &[
+            "admin",
+            "orders",
+            "place",
+            "--user",
+            &user,
+            "--region",
+            "us-east",
+            "--reference",
+            "wire-1",
+        ],
+        &[],
+    ));
+    assert_eq!(order["server_id"], server["id"]);
+    let orders = json(&cmd(
+        &["admin", "orders", "list", "--status", "completed"],
+        &[],
+    ));
+    assert_eq!(orders.as_array().unwrap().len(), 1, "{orders}");
+    assert!(
+        !cmd(&["admin", "orders", "list", "--status", "lost"], &[])
+            .status
+            .success()
+    );
+    let pool = json(&cmd(&["admin", "pool", "list"], &[]));
+    assert_eq!(pool[0]["status"], "assigned");
+    let pool_id = pool[0]["id"].to_string();
+    assert!(
+        !cmd(
+            &[
+                "admin",
+                "pool",
+                "set-status",
+                "--id",
+                &pool_id,
+                "--status",
+                "retired"
+            ],
+            &[]
+        )
+        .status
+        .success(),
+        "an assigned pool server stays with its owner"
+    );
 }
 
 /// The README's curl examples, run exactly as printed (only the port differs).

@@ -2,6 +2,7 @@
 //! result; everything else (errors, auth, limits, metrics) is shared here.
 
 mod admin;
+mod admin_dedicated;
 mod admin_fleet;
 mod auth;
 mod devices;
@@ -125,7 +126,12 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .nest("/auth", auth::routes(state.clone()))
         .merge(me::routes())
         .merge(devices::routes(state.clone()))
-        .nest("/admin", admin::routes().merge(admin_fleet::routes()));
+        .nest(
+            "/admin",
+            admin::routes()
+                .merge(admin_fleet::routes())
+                .merge(admin_dedicated::routes()),
+        );
     Router::new()
         .nest("/api/v1", api)
         .merge(ops::routes())

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, admin_fleet, auth, devices, error, me};
+use super::{admin, admin_dedicated, admin_fleet, auth, devices, error, me};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -19,6 +19,8 @@ use super::{admin, admin_fleet, auth, devices, error, me};
         devices::device_config, devices::device_qr_png, devices::device_qr_svg,
         admin_fleet::list_servers, admin_fleet::add_server, admin_fleet::retire_server, admin_fleet::enrollment_token, admin_fleet::revoke_certificates,
         admin_fleet::update_plan, admin_fleet::change_plan, admin_fleet::suspend, admin_fleet::restore,
+        admin_dedicated::list_pool, admin_dedicated::add_to_pool, admin_dedicated::set_pool_status,
+        admin_dedicated::list_orders, admin_dedicated::place_manual_order,
     ),
     components(schemas(error::ErrorBody, error::ErrorObject)),
     modifiers(&BearerAuth),

@@ -374,6 +374,19 @@ impl TestApp {
         .await
     }
 
+    pub async fn patch_auth(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        split(
+            self.http
+                .patch(self.url(path))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     pub async fn delete_auth(&self, path: &str, token: &str) -> (StatusCode, Value) {
         split(
             self.http

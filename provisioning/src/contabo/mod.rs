@@ -52,16 +52,15 @@ impl ContaboSettings {
             credentials,
             product_id: "V94".into(),
             period_months: 1,
+            // The control plane's region names; Contabo has no Canada or Netherlands region.
             regions: [
-                ("eu-central", "EU"),
-                ("us-central", "US-central"),
                 ("us-east", "US-east"),
+                ("us-central", "US-central"),
                 ("us-west", "US-west"),
-                ("uk", "UK"),
-                ("sg", "SIN"),
-                ("au", "AUS"),
-                ("jp", "JPN"),
-                ("in", "IND"),
+                ("eu-de", "EU"),
+                ("eu-uk", "UK"),
+                ("asia-sg", "SIN"),
+                ("asia-jp", "JPN"),
             ]
             .into_iter()
             .map(|(a, b)| (a.to_owned(), b.to_owned()))

@@ -1,0 +1,136 @@
+//! Operator routes for dedicated servers: the pool of pre-provisioned servers and the orders.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, patch};
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::accounts::ClientInfo;
+use crate::audit::Actor;
+use crate::dedicated::orders::{self, ManualOrderInput, OrderView};
+use crate::dedicated::pool::{self, PoolInput, PoolServerView, PoolStatusInput};
+use crate::error::{Error, FieldError};
+
+use super::AppState;
+use super::error::{ApiJson, ErrorBody};
+use super::extract::AdminCaller;
+
+const ORDER_STATUSES: &[&str] = &[
+    "pending",
+    "provisioning",
+    "configuring",
+    "completed",
+    "failed",
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/pool", get(list_pool).post(add_to_pool))
+        .route("/pool/{id}", patch(set_pool_status))
+        .route("/orders", get(list_orders).post(place_manual_order))
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/pool", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = Vec<PoolServerView>)))]
+pub async fn list_pool(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Vec<PoolServerView>>, Error> {
+    pool::list(state.db()).await.map(Json)
+}
+
+/// Put an idle server (normally with its agent enrolled) into the pool for dedicated buyers.
+#[utoipa::path(post, path = "/api/v1/admin/pool", tag = "admin", security(("bearer" = [])), request_body = PoolInput,
+    responses((status = 201, body = PoolServerView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn add_to_pool(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    ApiJson(input): ApiJson<PoolInput>,
+) -> Result<(StatusCode, Json<PoolServerView>), Error> {
+    let view = pool::add(
+        state.db(),
+        input,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Take a pool server out of service (`maintenance`, `retired`) or back (`available`).
+#[utoipa::path(patch, path = "/api/v1/admin/pool/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), request_body = PoolStatusInput,
+    responses((status = 200, body = PoolServerView), (status = 409, body = ErrorBody)))]
+pub async fn set_pool_status(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+    ApiJson(input): ApiJson<PoolStatusInput>,
+) -> Result<Json<PoolServerView>, Error> {
+    pool::set_status(
+        state.db(),
+        id,
+        input,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await
+    .map(Json)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OrderQuery {
+    /// `pending`, `provisioning`, `configuring`, `completed` or `failed`; default: all.
+    pub status: Option<String>,
+}
+
+/// Dedicated-server orders, newest first (at most 500).
+#[utoipa::path(get, path = "/api/v1/admin/orders", tag = "admin", security(("bearer" = [])), params(OrderQuery),
+    responses((status = 200, body = Vec<OrderView>), (status = 400, body = ErrorBody)))]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Query(query): Query<OrderQuery>,
+) -> Result<Json<Vec<OrderView>>, Error> {
+    if let Some(status) = query.status.as_deref()
+        && !ORDER_STATUSES.contains(&status)
+    {
+        return Err(Error::Validation(vec![FieldError::new(
+            "status",
+            "invalid",
+            "pending, provisioning, configuring, completed or failed",
+        )]));
+    }
+    orders::list(state.db(), query.status.as_deref())
+        .await
+        .map(Json)
+}
+
+/// Record a dedicated-server purchase paid outside PayPal: the payment, the plan, the order,
+/// and a pool server in the region if one waits.
+#[utoipa::path(post, path = "/api/v1/admin/orders", tag = "admin", security(("bearer" = [])), request_body = ManualOrderInput,
+    responses((status = 201, body = OrderView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn place_manual_order(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    ApiJson(input): ApiJson<ManualOrderInput>,
+) -> Result<(StatusCode, Json<OrderView>), Error> {
+    let order = orders::place_manual(
+        state.db(),
+        input,
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(order)))
+}

@@ -1,0 +1,303 @@
+//! Dedicated-server orders (`server_provisioning_queue`): one per payment (a database
+//! constraint), served from the pool when a server is waiting in the buyer's region, otherwise
+//! left `pending` for a new instance.
+//!
+//! Statuses, as in the seed: `pending` (no server yet), `provisioning` (an instance is being
+//! created), `configuring` (a server is assigned and its agent must be connected), `completed`,
+//! `failed` (with its reason; an operator can retry).
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
+use utoipa::ToSchema;
+
+use crate::audit::{self, Actor};
+use crate::billing::plans;
+use crate::clock::{Millis, rfc3339};
+use crate::error::{Error, FieldError, Result};
+use crate::servers::{country_of, is_region_name};
+use crate::storage::{Db, Engine};
+
+use super::pool::{self, Claimed};
+
+/// The plan a dedicated server is sold as.
+pub const DEDICATED_PLAN: &str = "dedicated";
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderView {
+    pub id: i64,
+    pub user_id: i64,
+    pub payment_id: i64,
+    pub plan_type: String,
+    pub region: Option<String>,
+    pub status: String,
+    pub pool_server_id: Option<i64>,
+    pub server_id: Option<i64>,
+    pub provider_display_name: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+/// An order an operator records for a payment made outside PayPal (a bank transfer, say).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualOrderInput {
+    pub user_id: Option<i64>,
+    /// Where the server should be, such as `us-east`.
+    pub region: Option<String>,
+    /// What was paid; default: the dedicated plan's price.
+    pub amount_cents: Option<i64>,
+    /// The operator's reference for the payment (unique); default: generated.
+    pub reference: Option<String>,
+}
+
+/// Records an order for `payment_id` (a second call for the same payment returns the first
+/// order) and serves it from the pool if it can. Returns the order and whether it is new.
+pub async fn place(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    user_id: i64,
+    payment_id: i64,
+    region: &str,
+    now: Millis,
+) -> Result<(OrderView, bool)> {
+    // ON CONFLICT keeps a replayed payment from ordering twice without aborting the
+    // transaction (PostgreSQL aborts it on a failed INSERT).
+    let inserted: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO server_provisioning_queue (user_id, payment_id, plan_type, region_preference, status,
+                                                created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $5)
+         ON CONFLICT (payment_id) DO NOTHING RETURNING id",
+    )
+    .bind(user_id)
+    .bind(payment_id)
+    .bind(DEDICATED_PLAN)
+    .bind(region)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((id,)) = inserted else {
+        let (id,): (i64,) =
+            sqlx::query_as("SELECT id FROM server_provisioning_queue WHERE payment_id = $1")
+                .bind(payment_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        return Ok((get(conn, id).await?, false));
+    };
+    serve_from_pool(conn, engine, id, user_id, region, now).await?;
+    Ok((get(conn, id).await?, true))
+}
+
+/// Assigns a waiting pool server to a `pending` order. The order becomes `completed` when the
+/// server's agent is online, else `configuring` until it is.
+pub async fn serve_from_pool(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    order_id: i64,
+    user_id: i64,
+    region: &str,
+    now: Millis,
+) -> Result<Option<Claimed>> {
+    let Some(claimed) = pool::claim(&mut *conn, engine, user_id, region, "dedicated", now).await?
+    else {
+        return Ok(None);
+    };
+    let (server_status,): (String,) =
+        sqlx::query_as("SELECT status FROM vpn_servers WHERE id = $1")
+            .bind(claimed.server_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let online = server_status == "online";
+    let assigned = sqlx::query(
+        "UPDATE server_provisioning_queue
+         SET status = $1, server_pool_id = $2, vpn_server_id = $3, started_at = COALESCE(started_at, $4),
+             completed_at = $5, error_message = NULL, updated_at = $4
+         WHERE id = $6 AND status = 'pending'",
+    )
+    .bind(if online { "completed" } else { "configuring" })
+    .bind(claimed.pool_id)
+    .bind(claimed.server_id)
+    .bind(now)
+    .bind(online.then_some(now))
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if assigned == 0 {
+        return Err(Error::conflict(
+            "order_not_pending",
+            "the order was no longer waiting for a server",
+        ));
+    }
+    Ok(Some(claimed))
+}
+
+/// An operator's order for a manual payment: the payment, the plan change, the order, and the
+/// pool server if one waits, in one transaction.
+pub async fn place_manual(
+    db: &Db,
+    input: ManualOrderInput,
+    actor: Actor,
+    ip: Option<IpAddr>,
+    now: Millis,
+) -> Result<OrderView> {
+    let mut problems = Vec::new();
+    let region = input
+        .region
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    if !is_region_name(&region) {
+        problems.push(FieldError::new(
+            "region",
+            "invalid",
+            "a region such as us-east",
+        ));
+    }
+    if input.amount_cents.is_some_and(|a| a < 0) {
+        problems.push(FieldError::new("amount_cents", "invalid", "0 or more"));
+    }
+    let reference = input
+        .reference
+        .clone()
+        .unwrap_or_else(|| format!("manual-{}", uuid::Uuid::new_v4()));
+    if reference.trim().is_empty() || reference.len() > 128 {
+        problems.push(FieldError::new(
+            "reference",
+            "invalid",
+            "1 to 128 characters",
+        ));
+    }
+    let Some(user_id) = input.user_id else {
+        problems.push(FieldError::new("user_id", "required", "the buyer"));
+        return Err(Error::Validation(problems));
+    };
+    if !problems.is_empty() {
+        return Err(Error::Validation(problems));
+    }
+    let mut tx = db.begin_write().await?;
+    if country_of(&region).is_none() {
+        let known: Option<(i64,)> =
+            sqlx::query_as("SELECT id FROM vpn_servers WHERE region = $1 LIMIT 1")
+                .bind(&region)
+                .fetch_optional(tx.conn())
+                .await?;
+        if known.is_none() {
+            return Err(Error::Validation(vec![FieldError::new(
+                "region",
+                "unknown",
+                "a region this service has servers in or can create them in",
+            )]));
+        }
+    }
+    let user: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(tx.conn())
+        .await?;
+    if user.is_none() {
+        return Err(Error::NotFound("user"));
+    }
+    let (price,): (i64,) = sqlx::query_as("SELECT price_cents FROM plans WHERE code = $1")
+        .bind(DEDICATED_PLAN)
+        .fetch_one(tx.conn())
+        .await?;
+    let payment: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO payments (uuid, user_id, provider, provider_payment_id, plan_type, amount_cents,
+                               status, created_at, updated_at)
+         VALUES ($1, $2, 'manual', $3, $4, $5, 'completed', $6, $6)
+         ON CONFLICT (provider, provider_payment_id) DO NOTHING RETURNING id",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(user_id)
+    .bind(&reference)
+    .bind(DEDICATED_PLAN)
+    .bind(input.amount_cents.unwrap_or(price))
+    .bind(now)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some((payment_id,)) = payment else {
+        return Err(Error::conflict(
+            "payment_recorded",
+            "a payment with this reference is already recorded",
+        ));
+    };
+    plans::change_plan(tx.conn(), user_id, DEDICATED_PLAN, now).await?;
+    let (order, _) = place(tx.conn(), db.engine(), user_id, payment_id, &region, now).await?;
+    audit::record(
+        tx.conn(),
+        audit::Entry {
+            actor,
+            action: "order.manual",
+            target_type: Some("order"),
+            target_id: Some(order.id.to_string()),
+            details: serde_json::json!({ "user_id": user_id, "region": region, "reference": reference }),
+            ip,
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
+const SELECT: &str =
+    "SELECT id, user_id, payment_id, plan_type, region_preference, status, server_pool_id,
+        vpn_server_id, provider_display_name, error_message, created_at, started_at, completed_at
+     FROM server_provisioning_queue";
+
+fn view(r: &AnyRow) -> std::result::Result<OrderView, sqlx::Error> {
+    Ok(OrderView {
+        id: r.try_get(0)?,
+        user_id: r.try_get(1)?,
+        payment_id: r.try_get(2)?,
+        plan_type: r.try_get(3)?,
+        region: r.try_get(4)?,
+        status: r.try_get(5)?,
+        pool_server_id: r.try_get(6)?,
+        server_id: r.try_get(7)?,
+        provider_display_name: r.try_get(8)?,
+        error_message: r.try_get(9)?,
+        created_at: rfc3339(r.try_get(10)?),
+        started_at: r.try_get::<Option<i64>, _>(11)?.map(rfc3339),
+        completed_at: r.try_get::<Option<i64>, _>(12)?.map(rfc3339),
+    })
+}
+
+pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<OrderView> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(Error::NotFound("order"))?;
+    Ok(view(&row)?)
+}
+
+/// Orders, newest first, optionally of one status.
+pub async fn list(db: &Db, status: Option<&str>) -> Result<Vec<OrderView>> {
+    let rows = match status {
+        Some(status) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{SELECT} WHERE status = $1 ORDER BY id DESC LIMIT 500"
+            )))
+            .bind(status)
+            .fetch_all(db.pool())
+            .await?
+        }
+        None => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{SELECT} ORDER BY id DESC LIMIT 500"
+            )))
+            .fetch_all(db.pool())
+            .await?
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(view)
+        .collect::<std::result::Result<_, _>>()?)
+}
