@@ -68,6 +68,13 @@ pub enum Error {
     Unavailable(&'static str),
     #[error("configuration error: {0}")]
     Config(String),
+    /// An outside service (PayPal, a cloud provider) failed or answered something unusable;
+    /// the details are logged, the client is told to try again.
+    #[error("{service} failed: {message}")]
+    Upstream {
+        service: &'static str,
+        message: String,
+    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]
@@ -118,6 +125,7 @@ impl Error {
             Self::AccountLocked { .. } => "account_locked",
             Self::Unavailable(_) | Self::Database(sqlx::Error::PoolTimedOut) => "unavailable",
             Self::Config(_) => "config_error",
+            Self::Upstream { .. } => "upstream_error",
             Self::Database(_) | Self::Migration(_) | Self::Internal(_) => "internal_error",
         }
     }
@@ -126,7 +134,11 @@ impl Error {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::Database(_) | Self::Migration(_) | Self::Internal(_)
+            Self::Config(_)
+                | Self::Database(_)
+                | Self::Migration(_)
+                | Self::Internal(_)
+                | Self::Upstream { .. }
         )
     }
 }

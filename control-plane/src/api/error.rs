@@ -51,6 +51,7 @@ fn status_of(err: &Error) -> StatusCode {
         Error::Unavailable(_) | Error::Database(sqlx::Error::PoolTimedOut) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
         Error::Config(_) | Error::Database(_) | Error::Migration(_) | Error::Internal(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

@@ -1,6 +1,9 @@
-//! Billing: plans, subscriptions and trials (payments and invoices come with the payment
-//! provider).
+//! Billing: plans, subscriptions and trials, and the payment provider (`paypal`; invoices and
+//! webhook processing come next).
 
+#[cfg(feature = "fake")]
+pub mod fake_paypal;
+pub mod paypal;
 pub mod plans;
 pub mod promo;
 pub mod trials;

@@ -20,7 +20,9 @@ impl From<Error> for Status {
             Error::MethodNotAllowed => Code::Unimplemented,
             Error::Conflict { .. } => Code::AlreadyExists,
             Error::RateLimited { .. } | Error::AccountLocked { .. } => Code::ResourceExhausted,
-            Error::Unavailable(_) | Error::Database(sqlx::Error::PoolTimedOut) => Code::Unavailable,
+            Error::Unavailable(_)
+            | Error::Database(sqlx::Error::PoolTimedOut)
+            | Error::Upstream { .. } => Code::Unavailable,
             Error::Config(_) | Error::Database(_) | Error::Migration(_) | Error::Internal(_) => {
                 Code::Internal
             }

@@ -1,0 +1,348 @@
+//! PayPal's REST API, the payment provider this business uses: OAuth2 client credentials (one
+//! token shared by every caller, renewed before it expires), subscriptions and one-time orders
+//! (the approval link a customer follows), and webhook verification through PayPal's own
+//! `verify-webhook-signature` call with the configured webhook id.
+//!
+//! Creates carry a `PayPal-Request-Id` (PayPal's idempotency key), so a retried checkout
+//! returns the first subscription instead of making a second one.
+
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+pub const LIVE_URL: &str = "https://api-m.paypal.com";
+pub const SANDBOX_URL: &str = "https://api-m.sandbox.paypal.com";
+
+#[derive(Debug, Clone)]
+pub struct PayPalSettings {
+    pub base_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// The id of the webhook registered for this service: verification needs it.
+    pub webhook_id: String,
+    /// Where PayPal sends the customer after approving or cancelling.
+    pub return_url: String,
+    pub cancel_url: String,
+    pub timeout: Duration,
+}
+
+/// What a customer must approve at PayPal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    /// PayPal's subscription id (`I-...`) or order id.
+    pub provider_id: String,
+    pub approval_url: String,
+}
+
+/// The headers PayPal signs a webhook delivery with.
+#[derive(Debug, Clone)]
+pub struct WebhookSignature {
+    pub auth_algo: String,
+    pub cert_url: String,
+    pub transmission_id: String,
+    pub transmission_sig: String,
+    pub transmission_time: String,
+}
+
+impl WebhookSignature {
+    /// `None` when a signature header is missing: such a request is not from PayPal.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        Some(Self {
+            auth_algo: get("paypal-auth-algo")?,
+            cert_url: get("paypal-cert-url")?,
+            transmission_id: get("paypal-transmission-id")?,
+            transmission_sig: get("paypal-transmission-sig")?,
+            transmission_time: get("paypal-transmission-time")?,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Token {
+    access: Secret,
+    renew_at: Instant,
+}
+
+#[derive(Debug)]
+pub struct PayPal {
+    http: reqwest::Client,
+    settings: PayPalSettings,
+    token: Mutex<Option<Token>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+    #[serde(default)]
+    links: Vec<Link>,
+}
+
+#[derive(Deserialize)]
+struct Link {
+    href: String,
+    rel: String,
+}
+
+fn upstream(message: impl Into<String>) -> Error {
+    Error::Upstream {
+        service: "paypal",
+        message: message.into(),
+    }
+}
+
+impl PayPal {
+    pub fn new(settings: PayPalSettings) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| Error::Config(format!("PayPal HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            settings,
+            token: Mutex::new(None),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.base_url.trim_end_matches('/'))
+    }
+
+    async fn bearer(&self) -> Result<Secret> {
+        let mut current = self.token.lock().await;
+        if let Some(token) = current.as_ref().filter(|t| Instant::now() < t.renew_at) {
+            return Ok(token.access.clone());
+        }
+        let response = self
+            .http
+            .post(self.url("/v1/oauth2/token"))
+            .basic_auth(
+                &self.settings.client_id,
+                Some(self.settings.client_secret.expose()),
+            )
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .map_err(|e| upstream(format!("token request: {e}")))?;
+        let answer: TokenAnswer = read(response).await?;
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(300));
+        let margin = (lifetime / 10).max(Duration::from_secs(60)).min(lifetime);
+        let access = Secret::new(answer.access_token);
+        *current = Some(Token {
+            access: access.clone(),
+            renew_at: Instant::now() + (lifetime - margin),
+        });
+        Ok(access)
+    }
+
+    /// A JSON call with the shared token; a refused token is replaced once.
+    async fn call<B: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+        request_id: Option<&str>,
+    ) -> Result<Value> {
+        let mut renewed = false;
+        loop {
+            let token = self.bearer().await?;
+            let mut request = self
+                .http
+                .post(self.url(path))
+                .bearer_auth(token.expose())
+                .json(body);
+            if let Some(id) = request_id {
+                request = request.header("PayPal-Request-Id", id);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| upstream(format!("{path}: {e}")))?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && !renewed {
+                let mut current = self.token.lock().await;
+                if current.as_ref().is_some_and(|t| t.access == token) {
+                    *current = None;
+                }
+                renewed = true;
+                continue;
+            }
+            return read(response).await;
+        }
+    }
+
+    /// A subscription to PayPal's billing plan `plan_id`; `custom_id` comes back in every event
+    /// about it (it names our user). `request_id` makes a retry return the same subscription.
+    pub async fn create_subscription(
+        &self,
+        plan_id: &str,
+        custom_id: &str,
+        request_id: &str,
+    ) -> Result<Checkout> {
+        let body = json!({
+            "plan_id": plan_id,
+            "custom_id": custom_id,
+            "application_context": {
+                "brand_name": "TrueVault VPN",
+                "user_action": "SUBSCRIBE_NOW",
+                "shipping_preference": "NO_SHIPPING",
+                "return_url": self.settings.return_url,
+                "cancel_url": self.settings.cancel_url,
+            },
+        });
+        let created = self
+            .call("/v1/billing/subscriptions", &body, Some(request_id))
+            .await?;
+        checkout(created, "approve")
+    }
+
+    /// A one-time payment (a dedicated server's first month, for instance).
+    pub async fn create_order(
+        &self,
+        amount_cents: i64,
+        currency: &str,
+        custom_id: &str,
+        request_id: &str,
+    ) -> Result<Checkout> {
+        let body = json!({
+            "intent": "CAPTURE",
+            "purchase_units": [{
+                "custom_id": custom_id,
+                "amount": { "currency_code": currency, "value": decimal(amount_cents) },
+            }],
+            "payment_source": { "paypal": { "experience_context": {
+                "brand_name": "TrueVault VPN",
+                "shipping_preference": "NO_SHIPPING",
+                "user_action": "PAY_NOW",
+                "return_url": self.settings.return_url,
+                "cancel_url": self.settings.cancel_url,
+            }}},
+        });
+        let created = self
+            .call("/v2/checkout/orders", &body, Some(request_id))
+            .await?;
+        checkout(created, "payer-action")
+    }
+
+    /// Asks PayPal whether `raw_event` (the delivery's body, byte for byte: PayPal checks its
+    /// signature over the exact text) carries a valid signature for our webhook. Anything but
+    /// `SUCCESS` is a refusal.
+    pub async fn verify_webhook(
+        &self,
+        signature: &WebhookSignature,
+        raw_event: &str,
+    ) -> Result<bool> {
+        let event = serde_json::value::RawValue::from_string(raw_event.to_owned())
+            .map_err(|_| Error::invalid("malformed_json", "the webhook body is not JSON"))?;
+        #[derive(serde::Serialize)]
+        struct Verify<'a> {
+            auth_algo: &'a str,
+            cert_url: &'a str,
+            transmission_id: &'a str,
+            transmission_sig: &'a str,
+            transmission_time: &'a str,
+            webhook_id: &'a str,
+            webhook_event: &'a serde_json::value::RawValue,
+        }
+        // Serialized as is: the event's raw text goes out unchanged.
+        let body = Verify {
+            auth_algo: &signature.auth_algo,
+            cert_url: &signature.cert_url,
+            transmission_id: &signature.transmission_id,
+            transmission_sig: &signature.transmission_sig,
+            transmission_time: &signature.transmission_time,
+            webhook_id: &self.settings.webhook_id,
+            webhook_event: &event,
+        };
+        let answer = self
+            .call("/v1/notifications/verify-webhook-signature", &body, None)
+            .await?;
+        Ok(answer.get("verification_status").and_then(Value::as_str) == Some("SUCCESS"))
+    }
+}
+
+/// Cents as PayPal's decimal string (`4999` → `"49.99"`).
+pub fn decimal(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let cents = cents.unsigned_abs();
+    format!("{sign}{}.{:02}", cents / 100, cents % 100)
+}
+
+fn checkout(created: Value, approve_rel: &str) -> Result<Checkout> {
+    let created: Created = serde_json::from_value(created)
+        .map_err(|e| upstream(format!("unreadable create answer: {e}")))?;
+    // Orders name the link `payer-action` (or `approve` in older answers).
+    let approval_url = created
+        .links
+        .iter()
+        .find(|l| l.rel == approve_rel || l.rel == "approve")
+        .map(|l| l.href.clone())
+        .ok_or_else(|| upstream("the answer has no approval link"))?;
+    Ok(Checkout {
+        provider_id: created.id,
+        approval_url,
+    })
+}
+
+/// A 2xx body as `T`; otherwise PayPal's error (`name`, `message`, `details[].issue`, or OAuth's
+/// `error_description`) as an upstream error.
+async fn read<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T> {
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| upstream(format!("reading the answer: {e}")))?;
+    if status.is_success() {
+        return serde_json::from_str(&text)
+            .map_err(|e| upstream(format!("unreadable answer: {e}")));
+    }
+    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let field = |k: &str| json.get(k).and_then(Value::as_str);
+    let issues: Vec<&str> = json
+        .get("details")
+        .and_then(Value::as_array)
+        .map(|d| {
+            d.iter()
+                .filter_map(|i| i.get("issue").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    let message = match (field("name"), field("message"), field("error_description")) {
+        (Some(name), Some(message), _) if issues.is_empty() => format!("{name}: {message}"),
+        (Some(name), Some(message), _) => format!("{name}: {message} ({})", issues.join(", ")),
+        (_, _, Some(description)) => description.to_owned(),
+        _ => format!("HTTP {status}"),
+    };
+    Err(upstream(format!("HTTP {}: {message}", status.as_u16())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cents_become_paypal_decimals() {
+        assert_eq!(decimal(4999), "49.99");
+        assert_eq!(decimal(5), "0.05");
+        assert_eq!(decimal(100), "1.00");
+        assert_eq!(decimal(-250), "-2.50");
+    }
+}
