@@ -90,6 +90,16 @@ pub struct Settings {
     /// revision catches what no wake-up announced (another process's writes, a dropped
     /// PostgreSQL listener), and marks silent nodes offline.
     pub node_resync_interval_secs: u64,
+    /// PayPal's API (the sandbox by default). Payments are off until `paypal_client_id` is set;
+    /// then `paypal_client_secret` (or `_file`), `paypal_webhook_id` and `paypal_plans` are needed.
+    pub paypal_base_url: String,
+    pub paypal_client_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub paypal_client_secret: Option<Secret>,
+    pub paypal_client_secret_file: Option<PathBuf>,
+    pub paypal_webhook_id: Option<String>,
+    /// Our plan code → PayPal's billing plan id, e.g. `{ personal = "P-5ML4271244454362WXNWU5NQ" }`.
+    pub paypal_plans: BTreeMap<String, String>,
 }
 
 /// How the SMTP connection is secured.
@@ -166,6 +176,12 @@ impl Default for Settings {
             enrollment_token_ttl_minutes: 60,
             grpc_server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
             node_resync_interval_secs: 5,
+            paypal_base_url: "https://api-m.sandbox.paypal.com".to_owned(),
+            paypal_client_id: None,
+            paypal_client_secret: None,
+            paypal_client_secret_file: None,
+            paypal_webhook_id: None,
+            paypal_plans: BTreeMap::new(),
         }
     }
 }
@@ -250,6 +266,11 @@ impl Settings {
             "smtp_password",
             &mut self.smtp_password,
             self.smtp_password_file.as_deref(),
+        )?;
+        read_secret_file(
+            "paypal_client_secret",
+            &mut self.paypal_client_secret,
+            self.paypal_client_secret_file.as_deref(),
         )
     }
 
@@ -312,6 +333,14 @@ impl Settings {
                     .to_owned(),
             );
         }
+        if self.paypal_client_id.is_some()
+            && (self.paypal_client_secret.is_none() || self.paypal_webhook_id.is_none())
+        {
+            problems.push(
+                "paypal_client_id needs paypal_client_secret (or _file) and paypal_webhook_id"
+                    .to_owned(),
+            );
+        }
         if self.max_body_bytes < 1024 {
             problems.push("max_body_bytes must be at least 1024".to_owned());
         }
@@ -347,6 +376,9 @@ impl Settings {
         }
         if self.smtp_password.is_some() {
             text.push_str("# smtp_password = <set, redacted>\n");
+        }
+        if self.paypal_client_secret.is_some() {
+            text.push_str("# paypal_client_secret = <set, redacted>\n");
         }
         Ok(text)
     }
@@ -456,6 +488,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("trial_days"), "{err}");
+        let err = Settings::load_from(
+            None,
+            &env(&[("TRUEVAULT_PAYPAL_CLIENT_ID", "AZ123")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("paypal_client_secret"), "{err}");
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("TRUEVAULT_PAYPAL_CLIENT_ID", "AZ123"),
+                ("TRUEVAULT_PAYPAL_CLIENT_SECRET", "shh"),
+                ("TRUEVAULT_PAYPAL_WEBHOOK_ID", "WH-1"),
+                ("TRUEVAULT_PAYPAL_PLANS", "{ personal = \"P-1\" }"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.paypal_plans.get("personal").map(String::as_str),
+            Some("P-1")
+        );
+        assert!(!s.to_redacted_toml().unwrap().contains("shh"));
     }
 
     #[test]

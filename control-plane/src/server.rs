@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use crate::accounts::{Accounts, load_or_create_signing_key};
 use crate::api::{self, AppState, HttpSettings};
 use crate::automation::Automation;
+use crate::billing::payments::Payments;
+use crate::billing::paypal::{PayPal, PayPalSettings};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::devices::Devices;
@@ -44,6 +46,35 @@ pub async fn open_database(settings: &Settings) -> Result<Db> {
 pub fn accounts(db: Db, settings: &Settings, clock: SharedClock) -> Result<Accounts> {
     let key = load_or_create_signing_key(&settings.jwt_key_path())?;
     Accounts::new(db, clock, settings, &key)
+}
+
+/// Payments: PayPal when configured, otherwise checkout answers 503.
+pub fn payments(db: Db, settings: &Settings, clock: SharedClock) -> Result<Payments> {
+    let paypal = match (
+        &settings.paypal_client_id,
+        &settings.paypal_client_secret,
+        &settings.paypal_webhook_id,
+    ) {
+        (Some(client_id), Some(secret), Some(webhook_id)) => {
+            let public = settings.public_url.trim_end_matches('/');
+            Some(Arc::new(PayPal::new(PayPalSettings {
+                base_url: settings.paypal_base_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: secret.clone(),
+                webhook_id: webhook_id.clone(),
+                return_url: format!("{public}/billing/approved"),
+                cancel_url: format!("{public}/billing/cancelled"),
+                timeout: Duration::from_secs(30),
+            })?))
+        }
+        _ => None,
+    };
+    Ok(Payments::new(
+        db,
+        clock,
+        paypal,
+        settings.paypal_plans.clone(),
+    ))
 }
 
 /// A bound, not yet running HTTP server.
@@ -80,10 +111,12 @@ impl Server {
         );
         let automation = Arc::new(Automation::new(db.clone(), Arc::clone(&clock), settings)?);
         let devices = Devices::new(db.clone(), Arc::clone(&clock), settings);
+        let payments = payments(db.clone(), settings, Arc::clone(&clock))?;
         let state = AppState::new(
             accounts(db, settings, Arc::clone(&clock))?,
             automation,
             devices,
+            payments,
             Arc::clone(&clock),
             metrics,
             &http_settings(settings),

@@ -5,6 +5,7 @@ mod admin;
 mod admin_dedicated;
 mod admin_fleet;
 mod auth;
+mod billing;
 mod devices;
 pub mod error;
 mod extract;
@@ -28,6 +29,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::accounts::Accounts;
 use crate::automation::Automation;
+use crate::billing::payments::Payments;
 use crate::clock::SharedClock;
 use crate::devices::Devices;
 use crate::error::Error;
@@ -45,6 +47,7 @@ struct Inner {
     accounts: Accounts,
     automation: Arc<Automation>,
     devices: Devices,
+    payments: Payments,
     clock: SharedClock,
     db: Db,
     metrics: Arc<Metrics>,
@@ -69,6 +72,7 @@ impl AppState {
         accounts: Accounts,
         automation: Arc<Automation>,
         devices: Devices,
+        payments: Payments,
         clock: SharedClock,
         metrics: Arc<Metrics>,
         settings: &HttpSettings,
@@ -78,6 +82,7 @@ impl AppState {
             accounts,
             automation,
             devices,
+            payments,
             clock,
             db,
             metrics,
@@ -103,6 +108,10 @@ impl AppState {
         &self.0.devices
     }
 
+    pub fn payments(&self) -> &Payments {
+        &self.0.payments
+    }
+
     pub(crate) fn db(&self) -> &Db {
         &self.0.db
     }
@@ -126,6 +135,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .nest("/auth", auth::routes(state.clone()))
         .merge(me::routes())
         .merge(devices::routes(state.clone()))
+        .merge(billing::routes())
         .nest(
             "/admin",
             admin::routes()

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, admin_dedicated, admin_fleet, auth, devices, error, me};
+use super::{admin, admin_dedicated, admin_fleet, auth, billing, devices, error, me};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use super::{admin, admin_dedicated, admin_fleet, auth, devices, error, me};
         admin_fleet::update_plan, admin_fleet::change_plan, admin_fleet::suspend, admin_fleet::restore,
         admin_dedicated::list_pool, admin_dedicated::add_to_pool, admin_dedicated::set_pool_status,
         admin_dedicated::list_orders, admin_dedicated::place_manual_order,
+        billing::checkout, billing::paypal_webhook,
     ),
     components(schemas(error::ErrorBody, error::ErrorObject)),
     modifiers(&BearerAuth),

@@ -6,7 +6,7 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use crate::accounts::{VipTier, scanner};
-use crate::billing::trials;
+use crate::billing::{payments, trials};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::identities;
@@ -31,6 +31,15 @@ pub async fn run(
     if (task.workflow.as_str(), task.step.as_str()) == (MAINTENANCE, NOOP) {
         // Proves the pipeline works end to end (`admin tasks ping`); measures its overhead.
         return Ok(());
+    }
+    if (task.workflow.as_str(), task.step.as_str()) == (payments::PAYMENTS, payments::PROCESS_EVENT)
+    {
+        let row = task
+            .payload
+            .get("event")
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(|| Error::internal(format!("task {} names no event", task.key)))?;
+        return payments::process_event(conn, row, now).await;
     }
     let user_id = task
         .user_id

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "fake")]
 pub mod fake_paypal;
+pub mod payments;
 pub mod paypal;
 pub mod plans;
 pub mod promo;

@@ -1,0 +1,48 @@
+//! `/api/v1/billing/*`: checkout at PayPal and PayPal's webhook.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+
+use crate::accounts::Caller;
+use crate::billing::payments::{CheckoutInput, CheckoutView};
+use crate::error::Error;
+
+use super::AppState;
+use super::error::{ApiJson, ErrorBody};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/billing/checkout", post(checkout))
+        .route("/billing/paypal/webhook", post(paypal_webhook))
+}
+
+/// Start paying for a plan: returns the PayPal link the customer approves the subscription at.
+/// The plan changes when PayPal reports the subscription active (webhook).
+#[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "billing", security(("bearer" = [])),
+    request_body = CheckoutInput,
+    responses((status = 201, body = CheckoutView), (status = 400, body = ErrorBody), (status = 502, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn checkout(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<CheckoutInput>,
+) -> Result<(StatusCode, Json<CheckoutView>), Error> {
+    let view = state.payments().checkout(caller.user_id, input).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// PayPal's webhook: verified with PayPal, stored once per event id, processed as a task.
+/// The body is taken as text: the signature covers its exact bytes.
+#[utoipa::path(post, path = "/api/v1/billing/paypal/webhook", tag = "billing",
+    responses((status = 200), (status = 400, body = ErrorBody)))]
+pub async fn paypal_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<StatusCode, Error> {
+    state.payments().receive_webhook(&headers, &body).await?;
+    // A replay is acknowledged too, so PayPal stops sending it.
+    Ok(StatusCode::OK)
+}

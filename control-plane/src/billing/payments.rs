@@ -1,0 +1,273 @@
+//! Payments through PayPal: a checkout is a PayPal subscription the customer approves; PayPal
+//! then reports what happened through its webhook. A delivery is verified by PayPal itself
+//! (a failed verification is 400 and changes nothing), stored once per PayPal event id (a
+//! replay is acknowledged and ignored), and processed by a task, so processing retries on its
+//! own and its effects commit together with the event being marked processed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::AnyConnection;
+use utoipa::ToSchema;
+
+use crate::automation::tasks::{self, DEFAULT_MAX_ATTEMPTS, NewTask};
+use crate::clock::{Millis, SharedClock};
+use crate::error::{Error, FieldError, Result};
+use crate::storage::Db;
+
+use super::paypal::{PayPal, WebhookSignature};
+use super::{plans, promo};
+
+/// The workflow whose tasks process payment events.
+pub const PAYMENTS: &str = "payments";
+pub const PROCESS_EVENT: &str = "process_event";
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutInput {
+    /// `personal`, `family`, `business` or `dedicated`.
+    pub plan: Option<String>,
+    pub promo_code: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckoutView {
+    pub plan: String,
+    /// Send the customer here to approve the subscription at PayPal.
+    pub approval_url: String,
+    pub subscription_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Payments {
+    db: Db,
+    clock: SharedClock,
+    paypal: Option<Arc<PayPal>>,
+    /// Our plan code → PayPal's billing plan id.
+    plans: BTreeMap<String, String>,
+}
+
+impl Payments {
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        paypal: Option<Arc<PayPal>>,
+        plans: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            db,
+            clock,
+            paypal,
+            plans,
+        }
+    }
+
+    fn paypal(&self) -> Result<&PayPal> {
+        self.paypal.as_deref().ok_or(Error::Unavailable(
+            "payments are not configured on this server",
+        ))
+    }
+
+    /// Starts a subscription at PayPal and returns the link the customer approves it at.
+    pub async fn checkout(&self, user_id: i64, input: CheckoutInput) -> Result<CheckoutView> {
+        let paypal = self.paypal()?;
+        let plan = input.plan.as_deref().unwrap_or_default().trim().to_owned();
+        let Some(paypal_plan) = self.plans.get(&plan) else {
+            let choices: Vec<&str> = self.plans.keys().map(String::as_str).collect();
+            return Err(Error::Validation(vec![FieldError::new(
+                "plan",
+                "invalid",
+                format!("one of: {}", choices.join(", ")),
+            )]));
+        };
+        let now = self.clock.now_ms();
+        let promo_code = match input.promo_code.as_deref().filter(|c| !c.trim().is_empty()) {
+            Some(code) => {
+                let check = promo::PromoCheck {
+                    code: Some(code.to_owned()),
+                    plan: Some(plan.clone()),
+                };
+                Some(promo::validate(&self.db, check, now).await?.code)
+            }
+            None => None,
+        };
+        let request_id = format!("checkout-{user_id}-{}", uuid::Uuid::new_v4().simple());
+        let created = paypal
+            .create_subscription(paypal_plan, &format!("user:{user_id}"), &request_id)
+            .await?;
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO checkouts (user_id, plan_code, promo_code, provider, provider_ref, created_at)
+             VALUES ($1, $2, $3, 'paypal', $4, $5)",
+        )
+        .bind(user_id)
+        .bind(&plan)
+        .bind(promo_code.as_deref())
+        .bind(&created.provider_id)
+        .bind(now)
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(CheckoutView {
+            plan,
+            approval_url: created.approval_url,
+            subscription_id: created.provider_id,
+        })
+    }
+
+    /// A webhook delivery: verified, stored once, queued. Returns whether it was new.
+    pub async fn receive_webhook(&self, headers: &HeaderMap, body: &str) -> Result<bool> {
+        let paypal = self.paypal()?;
+        let unverified = || {
+            Error::invalid(
+                "webhook_unverified",
+                "the delivery's signature could not be verified",
+            )
+        };
+        let signature = WebhookSignature::from_headers(headers).ok_or_else(unverified)?;
+        let event: Value =
+            serde_json::from_str(body).map_err(|e| Error::MalformedJson(e.to_string()))?;
+        let (Some(event_id), Some(event_type)) = (
+            event.get("id").and_then(Value::as_str),
+            event.get("event_type").and_then(Value::as_str),
+        ) else {
+            return Err(Error::invalid(
+                "invalid_event",
+                "a PayPal event has an id and an event_type",
+            ));
+        };
+        if !paypal.verify_webhook(&signature, body).await? {
+            tracing::warn!(event_id, event_type, "PayPal webhook failed verification");
+            return Err(unverified());
+        }
+        let now = self.clock.now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let stored: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO payment_events (provider, event_id, event_type, payload, received_at)
+             VALUES ('paypal', $1, $2, $3, $4)
+             ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
+        )
+        .bind(event_id)
+        .bind(event_type)
+        .bind(body)
+        .bind(now)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some((row,)) = stored else {
+            tracing::info!(event_id, event_type, "PayPal webhook replayed; ignored");
+            return Ok(false);
+        };
+        tasks::schedule(
+            tx.conn(),
+            NewTask {
+                key: format!("paypal_event:{event_id}"),
+                workflow: PAYMENTS,
+                step: PROCESS_EVENT,
+                payload: json!({ "event": row }),
+                user_id: None,
+                run_at: now,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// The `process_event` step: applies a stored event once (it is marked processed in the same
+/// transaction as its effects).
+pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> Result<()> {
+    let event: Option<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT event_type, payload, processed_at FROM payment_events WHERE id = $1",
+    )
+    .bind(row)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((event_type, payload, processed)) = event else {
+        return Err(Error::internal(format!("payment event {row} is gone")));
+    };
+    if processed.is_some() {
+        return Ok(());
+    }
+    let payload: Value = serde_json::from_str(&payload).map_err(Error::internal)?;
+    let resource = payload.get("resource").cloned().unwrap_or(Value::Null);
+    match event_type.as_str() {
+        "BILLING.SUBSCRIPTION.ACTIVATED" => subscription_activated(conn, &resource, now).await?,
+        other => tracing::info!(
+            event_type = other,
+            "PayPal event recorded; nothing to do for it yet"
+        ),
+    }
+    sqlx::query("UPDATE payment_events SET processed_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(row)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The customer approved a checkout's subscription: their plan changes (a trial converts),
+/// the subscription is linked to PayPal's, and the promo code is used.
+async fn subscription_activated(
+    conn: &mut AnyConnection,
+    resource: &Value,
+    now: Millis,
+) -> Result<()> {
+    let reference = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::internal("subscription event without a subscription id"))?;
+    let checkout: Option<(i64, i64, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, user_id, plan_code, promo_code, status FROM checkouts
+         WHERE provider = 'paypal' AND provider_ref = $1",
+    )
+    .bind(reference)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((checkout_id, user_id, plan, promo_code, status)) = checkout else {
+        // Retried, then dead-lettered for an operator: a subscription we did not start.
+        return Err(Error::internal(format!(
+            "no checkout for PayPal subscription {reference}"
+        )));
+    };
+    if status == "completed" {
+        return Ok(());
+    }
+    plans::change_plan(&mut *conn, user_id, &plan, now).await?;
+    sqlx::query(
+        "UPDATE subscriptions SET provider = 'paypal', provider_subscription_id = $1, updated_at = $2
+         WHERE user_id = $3 AND status IN ('trial', 'active', 'past_due', 'suspended')",
+    )
+    .bind(reference)
+    .bind(now)
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(code) = promo_code {
+        // Looked at first: a failed statement would abort the whole transaction on PostgreSQL.
+        // A code used up or expired meanwhile does not undo a paid subscription; it is just
+        // not applied (the guarded update inside `redeem` fails without an SQL error).
+        let used: Option<(i64,)> =
+            sqlx::query_as("SELECT id FROM promo_redemptions WHERE code = $1 AND user_id = $2")
+                .bind(&code)
+                .bind(user_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if used.is_none()
+            && let Err(e) = promo::redeem(&mut *conn, &code, user_id, now).await
+        {
+            tracing::warn!(user_id, code, error = %e, "promo code not applied at activation");
+        }
+    }
+    sqlx::query("UPDATE checkouts SET status = 'completed', completed_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(checkout_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
