@@ -17,6 +17,7 @@ use truevault_control_plane::secret::Secret;
 engine_tests!(
     an_activation_converts_the_trial_once_however_often_it_is_delivered,
     payments_without_paypal_settings_say_so,
+    invoice_numbers_stay_gapless_under_concurrency_and_rollback,
 );
 
 async fn app_with_paypal(engine: Engine, fake: &FakePayPal) -> TestApp {
@@ -148,6 +149,112 @@ async fn an_activation_converts_the_trial_once_however_often_it_is_delivered(eng
     assert_eq!(status, StatusCode::OK);
     assert_eq!(app.run_tasks().await, 0);
     assert_eq!(app.count("SELECT COUNT(*) FROM promo_redemptions").await, 1);
+
+    // The first payment, discounted by TRIAL20 (20% of 9.99), twice: one payment, one invoice.
+    let sale = sale_completed("WH-2", "80021663DE681814L", &subscription, "7.99");
+    let signed = fake.sign(&sale, WEBHOOK_ID);
+    for _ in 0..2 {
+        let (status, body) = deliver(&app, &sale, &signed).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // The same sale under another event id (PayPal resends with new ids too): still one.
+    let again = sale_completed("WH-3", "80021663DE681814L", &subscription, "7.99");
+    let (status, _) = deliver(&app, &again, &fake.sign(&again, WEBHOOK_ID)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.run_tasks().await, 2);
+    assert_eq!(app.count("SELECT COUNT(*) FROM payments").await, 1);
+    let (status, invoices) = app.get_auth("/api/v1/billing/invoices", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(invoices.as_array().unwrap().len(), 1, "{invoices}");
+    let invoice = &invoices[0];
+    assert_eq!(invoice["number"], "TV-000001");
+    assert_eq!(
+        (
+            invoice["subtotal_cents"].as_i64(),
+            invoice["discount_cents"].as_i64(),
+            invoice["total_cents"].as_i64()
+        ),
+        (Some(999), Some(200), Some(799)),
+        "{invoice}"
+    );
+    assert_eq!(invoice["items"][0]["description"], "Personal plan, 30 days");
+    let (status, one) = app
+        .get_auth("/api/v1/billing/invoices/TV-000001", &token)
+        .await;
+    assert_eq!(
+        (status, &one["number"]),
+        (StatusCode::OK, &json!("TV-000001"))
+    );
+    let page = app
+        .http
+        .get(app.url("/api/v1/billing/invoices/TV-000001/html"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("TV-000001") && html.contains("7.99") && html.contains("-2.00"),
+        "{html}"
+    );
+    assert!(html.contains("payer@example.com"), "{html}");
+
+    // Another customer sees none of it.
+    let (_, stranger) = app.customer("stranger@example.com").await;
+    let (status, _) = app
+        .get_auth("/api/v1/billing/invoices/TV-000001", &stranger)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, theirs) = app.get_auth("/api/v1/billing/invoices", &stranger).await;
+    assert_eq!(theirs, json!([]));
+}
+
+fn sale_completed(event_id: &str, sale_id: &str, subscription_id: &str, total: &str) -> String {
+    format!(
+        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"sale","event_type":"PAYMENT.SALE.COMPLETED","resource":{{"id":"{sale_id}","state":"completed","amount":{{"total":"{total}","currency":"USD"}},"payment_mode":"INSTANT_TRANSFER","billing_agreement_id":"{subscription_id}"}}}}"#
+    )
+}
+
+async fn invoice_numbers_stay_gapless_under_concurrency_and_rollback(engine: Engine) {
+    use truevault_control_plane::billing::invoices::{self, LineItem, NewInvoice};
+    let app = TestApp::start(engine).await;
+    let (user_id, _) = app.customer("buyer@example.com").await;
+    let invoice = || NewInvoice {
+        user_id,
+        payment_id: None,
+        currency: "USD".into(),
+        items: vec![LineItem {
+            description: "Personal plan, 30 days".into(),
+            amount_cents: 999,
+        }],
+        discount_cents: 0,
+        period: None,
+    };
+    // A transaction that takes a number and rolls back leaves no hole.
+    let mut tx = app.db().begin_write().await.unwrap();
+    assert_eq!(invoices::issue(tx.conn(), invoice(), 1).await.unwrap(), 1);
+    tx.rollback().await.unwrap();
+    let numbers = futures_util::future::join_all((0..12).map(|_| {
+        let db = app.db().clone();
+        let invoice = invoice();
+        async move {
+            let mut tx = db.begin_write().await.unwrap();
+            let n = invoices::issue(tx.conn(), invoice, 2).await.unwrap();
+            tx.commit().await.unwrap();
+            n
+        }
+    }))
+    .await;
+    let mut sorted = numbers.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=12).collect::<Vec<i64>>(), "{numbers:?}");
 }
 
 async fn payments_without_paypal_settings_say_so(engine: Engine) {

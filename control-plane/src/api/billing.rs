@@ -1,11 +1,13 @@
 //! `/api/v1/billing/*`: checkout at PayPal and PayPal's webhook.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::response::Html;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::accounts::Caller;
+use crate::billing::invoices::{self, InvoiceView};
 use crate::billing::payments::{CheckoutInput, CheckoutView};
 use crate::error::Error;
 
@@ -16,6 +18,45 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/billing/checkout", post(checkout))
         .route("/billing/paypal/webhook", post(paypal_webhook))
+        .route("/billing/invoices", get(list_invoices))
+        .route("/billing/invoices/{number}", get(invoice))
+        .route("/billing/invoices/{number}/html", get(invoice_page))
+}
+
+/// The caller's invoices, newest first.
+#[utoipa::path(get, path = "/api/v1/billing/invoices", tag = "billing", security(("bearer" = [])),
+    responses((status = 200, body = Vec<InvoiceView>)))]
+pub async fn list_invoices(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<InvoiceView>>, Error> {
+    invoices::list(state.db(), caller.user_id).await.map(Json)
+}
+
+/// One of the caller's invoices (`TV-000042`).
+#[utoipa::path(get, path = "/api/v1/billing/invoices/{number}", tag = "billing", security(("bearer" = [])),
+    params(("number" = String, Path)), responses((status = 200, body = InvoiceView), (status = 404, body = ErrorBody)))]
+pub async fn invoice(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(number): Path<String>,
+) -> Result<Json<InvoiceView>, Error> {
+    invoices::get(state.db(), caller.user_id, &number)
+        .await
+        .map(Json)
+}
+
+/// One of the caller's invoices as a printable page.
+#[utoipa::path(get, path = "/api/v1/billing/invoices/{number}/html", tag = "billing", security(("bearer" = [])),
+    params(("number" = String, Path)), responses((status = 200, content_type = "text/html"), (status = 404, body = ErrorBody)))]
+pub async fn invoice_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(number): Path<String>,
+) -> Result<Html<String>, Error> {
+    invoices::page(state.db(), caller.user_id, &number)
+        .await
+        .map(Html)
 }
 
 /// Start paying for a plan: returns the PayPal link the customer approves the subscription at.

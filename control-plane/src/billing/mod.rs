@@ -1,8 +1,9 @@
-//! Billing: plans, subscriptions and trials, and the payment provider (`paypal`; invoices and
-//! webhook processing come next).
+//! Billing: plans, subscriptions and trials, payments through PayPal (`paypal`, `payments`)
+//! and invoices.
 
 #[cfg(feature = "fake")]
 pub mod fake_paypal;
+pub mod invoices;
 pub mod payments;
 pub mod paypal;
 pub mod plans;

@@ -18,6 +18,7 @@ use crate::clock::{Millis, SharedClock};
 use crate::error::{Error, FieldError, Result};
 use crate::storage::Db;
 
+use super::invoices::{self, LineItem, NewInvoice};
 use super::paypal::{PayPal, WebhookSignature};
 use super::{plans, promo};
 
@@ -198,6 +199,7 @@ pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> R
     let resource = payload.get("resource").cloned().unwrap_or(Value::Null);
     match event_type.as_str() {
         "BILLING.SUBSCRIPTION.ACTIVATED" => subscription_activated(conn, &resource, now).await?,
+        "PAYMENT.SALE.COMPLETED" => sale_completed(conn, &resource, now).await?,
         other => tracing::info!(
             event_type = other,
             "PayPal event recorded; nothing to do for it yet"
@@ -270,4 +272,114 @@ async fn subscription_activated(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// A subscription payment went through: it is recorded once (`UNIQUE(provider,
+/// provider_payment_id)`), invoiced with the next number, and the subscription is active for
+/// another period (a past-due one too: the payment ends its dunning).
+async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
+    let text = |pointer: &str| resource.pointer(pointer).and_then(Value::as_str);
+    let sale = text("/id").ok_or_else(|| Error::internal("sale event without a sale id"))?;
+    let Some(subscription) = text("/billing_agreement_id") else {
+        tracing::info!(sale, "a sale outside a subscription; nothing to do for it");
+        return Ok(());
+    };
+    let paid = text("/amount/total")
+        .and_then(cents)
+        .ok_or_else(|| Error::internal(format!("sale {sale} has no readable amount")))?;
+    let currency = text("/amount/currency").unwrap_or("USD").to_owned();
+    let checkout: Option<(i64, String)> = sqlx::query_as(
+        "SELECT user_id, plan_code FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
+    )
+    .bind(subscription)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((user_id, plan)) = checkout else {
+        return Err(Error::internal(format!(
+            "no checkout for PayPal subscription {subscription}"
+        )));
+    };
+    let recorded: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO payments (uuid, user_id, provider, provider_payment_id, provider_subscription_id,
+                               plan_type, amount_cents, currency, status, created_at, updated_at)
+         VALUES ($1, $2, 'paypal', $3, $4, $5, $6, $7, 'completed', $8, $8)
+         ON CONFLICT (provider, provider_payment_id) DO NOTHING RETURNING id",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(user_id)
+    .bind(sale)
+    .bind(subscription)
+    .bind(&plan)
+    .bind(paid)
+    .bind(&currency)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((payment_id,)) = recorded else {
+        return Ok(());
+    };
+    let (name, price, period): (String, i64, String) =
+        sqlx::query_as("SELECT name, price_cents, billing_period FROM plans WHERE code = $1")
+            .bind(&plan)
+            .fetch_one(&mut *conn)
+            .await?;
+    let days = if period == "year" { 365 } else { 30 };
+    let end = now + days * crate::clock::DAY;
+    // What was paid below the list price is the discount (a promo code's first month).
+    let listed = price.max(paid);
+    invoices::issue(
+        conn,
+        NewInvoice {
+            user_id,
+            payment_id: Some(payment_id),
+            currency,
+            items: vec![LineItem {
+                description: format!("{name} plan, {days} days"),
+                amount_cents: listed,
+            }],
+            discount_cents: listed - paid,
+            period: Some((now, end)),
+        },
+        now,
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE subscriptions SET status = 'active', current_period_start = $1, current_period_end = $2,
+                updated_at = $1
+         WHERE user_id = $3 AND provider_subscription_id = $4 AND status IN ('active', 'past_due')",
+    )
+    .bind(now)
+    .bind(end)
+    .bind(user_id)
+    .bind(subscription)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// PayPal's decimal amount (`"9.99"`) in cents.
+fn cents(amount: &str) -> Option<i64> {
+    let (whole, fraction) = amount
+        .trim()
+        .split_once('.')
+        .unwrap_or((amount.trim(), "0"));
+    if fraction.len() > 2 || whole.is_empty() {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let fraction: i64 = format!("{fraction:0<2}").parse().ok()?;
+    (whole >= 0).then(|| whole * 100 + fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paypal_amounts_in_cents() {
+        assert_eq!(super::cents("9.99"), Some(999));
+        assert_eq!(super::cents("10"), Some(1000));
+        assert_eq!(super::cents("0.5"), Some(50));
+        assert_eq!(super::cents("1.005"), None);
+        assert_eq!(super::cents("-1.00"), None);
+        assert_eq!(super::cents("abc"), None);
+    }
 }
