@@ -18,6 +18,7 @@ engine_tests!(
     an_activation_converts_the_trial_once_however_often_it_is_delivered,
     payments_without_paypal_settings_say_so,
     invoice_numbers_stay_gapless_under_concurrency_and_rollback,
+    a_failed_payment_runs_dunning_and_a_later_payment_ends_it,
 );
 
 async fn app_with_paypal(engine: Engine, fake: &FakePayPal) -> TestApp {
@@ -282,4 +283,139 @@ async fn payments_without_paypal_settings_say_so(engine: Engine) {
         .post("/api/v1/billing/checkout", json!({ "plan": "personal" }))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// A subscriber with one device, activated and paid through the webhook.
+async fn subscriber(app: &TestApp, fake: &FakePayPal, email: &str) -> (String, String) {
+    let (_, token) = app.customer(email).await;
+    app.add_server(
+        &format!("srv-{}", email.len()),
+        "us-east",
+        60 + email.len() as u8,
+    )
+    .await;
+    let (status, device) = app
+        .post_auth(
+            "/api/v1/devices",
+            &token,
+            Some(json!({ "public_key": common::base64_key(email.len() as u8) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    app.run_tasks().await;
+    let (_, checkout) = app
+        .post_auth(
+            "/api/v1/billing/checkout",
+            &token,
+            Some(json!({ "plan": "personal" })),
+        )
+        .await;
+    let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
+    for raw in [
+        activation(&format!("WH-A-{email}"), &subscription),
+        sale_completed(
+            &format!("WH-S-{email}"),
+            &format!("SALE-1-{email}"),
+            &subscription,
+            "9.99",
+        ),
+    ] {
+        let (status, body) = deliver(app, &raw, &fake.sign(&raw, WEBHOOK_ID)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(app.run_tasks().await, 2);
+    (token, subscription)
+}
+
+fn payment_failed(event_id: &str, subscription_id: &str) -> String {
+    format!(
+        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"subscription","event_type":"BILLING.SUBSCRIPTION.PAYMENT.FAILED","resource":{{"id":"{subscription_id}","status":"ACTIVE","billing_info":{{"failed_payments_count":1}}}}}}"#
+    )
+}
+
+/// The subscription's and the first device's status, with a fresh login (the clock jumps days,
+/// past any access token's life).
+async fn statuses(app: &TestApp, email: &str) -> (String, String) {
+    let token = app.token_for(email).await;
+    let (status, me) = app.get_auth("/api/v1/me", &token).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let (status, devices) = app.get_auth("/api/v1/devices", &token).await;
+    assert_eq!(status, StatusCode::OK, "{devices}");
+    (
+        me["subscription_status"].as_str().unwrap().to_owned(),
+        devices[0]["status"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn a_failed_payment_runs_dunning_and_a_later_payment_ends_it(engine: Engine) {
+    let fake = FakePayPal::start().await;
+    let app = app_with_paypal(engine, &fake).await;
+    let day = std::time::Duration::from_secs(24 * 3600);
+
+    // Unpaid: reminders on days 0, 3 and 7, suspension on day 8.
+    let late_payer = "late@example.com";
+    let (_, subscription) = subscriber(&app, &fake, late_payer).await;
+    let failed = payment_failed("WH-F1", &subscription);
+    let (status, _) = deliver(&app, &failed, &fake.sign(&failed, WEBHOOK_ID)).await;
+    assert_eq!(status, StatusCode::OK);
+    // PayPal retries the collection and reports the failure again: no second run of dunning.
+    let again = payment_failed("WH-F2", &subscription);
+    deliver(&app, &again, &fake.sign(&again, WEBHOOK_ID)).await;
+    app.run_tasks().await;
+    let (subscription_status, device) = statuses(&app, late_payer).await;
+    assert_eq!(subscription_status, "past_due");
+    assert_ne!(device, "disabled", "past due still connects");
+    let mails = || async {
+        app.mail_templates(late_payer)
+            .await
+            .iter()
+            .filter(|t| *t == "payment_failed")
+            .count()
+    };
+    assert_eq!(mails().await, 1, "day 0");
+    app.advance(day * 3);
+    app.run_tasks().await;
+    assert_eq!(mails().await, 2, "day 3");
+    app.advance(day * 4);
+    app.run_tasks().await;
+    assert_eq!(mails().await, 3, "day 7");
+    assert_eq!(statuses(&app, late_payer).await.0, "past_due");
+    app.advance(day);
+    app.run_tasks().await;
+    assert_eq!(
+        statuses(&app, late_payer).await,
+        ("suspended".to_owned(), "disabled".to_owned()),
+        "day 8"
+    );
+    assert_eq!(mails().await, 3);
+
+    // Paying late brings the subscription and its device back.
+    let late = sale_completed("WH-S2", "SALE-2", &subscription, "9.99");
+    deliver(&app, &late, &fake.sign(&late, WEBHOOK_ID)).await;
+    app.run_tasks().await;
+    let (subscription_status, device) = statuses(&app, late_payer).await;
+    assert_eq!(subscription_status, "active");
+    assert_ne!(device, "disabled");
+
+    // Paid on day 2: the remaining steps do nothing.
+    let prompt = "prompt.payer@example.com";
+    let (_, subscription) = subscriber(&app, &fake, prompt).await;
+    let failed = payment_failed("WH-F3", &subscription);
+    deliver(&app, &failed, &fake.sign(&failed, WEBHOOK_ID)).await;
+    app.run_tasks().await;
+    app.advance(day * 2);
+    let paid = sale_completed("WH-S3", "SALE-3", &subscription, "9.99");
+    deliver(&app, &paid, &fake.sign(&paid, WEBHOOK_ID)).await;
+    app.run_tasks().await;
+    app.advance(day * 7);
+    app.run_tasks().await;
+    let (subscription_status, device) = statuses(&app, prompt).await;
+    assert_eq!(subscription_status, "active");
+    assert_ne!(device, "disabled");
+    let sent = app.mail_templates(prompt).await;
+    assert_eq!(
+        sent.iter().filter(|t| *t == "payment_failed").count(),
+        1,
+        "{sent:?}"
+    );
 }

@@ -30,6 +30,7 @@ mail_templates!(
     "trial_last_day",
     "trial_expired",
     "dedicated_processing",
+    "payment_failed",
     "welcome_vip",
     "verify_email",
     "password_reset",
@@ -182,6 +183,8 @@ mod tests {
             "vip_badge": "\u{1f451} VIP Dedicated",
             "tier": if template == "welcome_vip" { "vip_dedicated" } else { "" },
             "region": "us-east",
+            "stage": "first",
+            "days_left": 8,
         })
     }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use crate::accounts::{VipTier, scanner};
-use crate::billing::{payments, trials};
+use crate::billing::{dunning, payments, trials};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::identities;
@@ -91,6 +91,7 @@ pub async fn run(
             trials::expire_if_due(conn, user_id, now).await.map(drop)
         }
         (VIP_SIGNUP, "welcome_vip") => welcome_vip(conn, task, user_id, now).await,
+        (dunning::DUNNING, _) => dunning::run_step(conn, task, user_id, now).await,
         (VIP_SIGNUP, "create_identities") => {
             identities::ensure(conn, user_id, &ctx.regions, None, now)
                 .await

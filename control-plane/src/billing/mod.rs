@@ -1,6 +1,7 @@
 //! Billing: plans, subscriptions and trials, payments through PayPal (`paypal`, `payments`)
 //! and invoices.
 
+pub mod dunning;
 #[cfg(feature = "fake")]
 pub mod fake_paypal;
 pub mod invoices;

@@ -15,12 +15,13 @@ use utoipa::ToSchema;
 
 use crate::automation::tasks::{self, DEFAULT_MAX_ATTEMPTS, NewTask};
 use crate::clock::{Millis, SharedClock};
+use crate::devices::entitlement;
 use crate::error::{Error, FieldError, Result};
 use crate::storage::Db;
 
 use super::invoices::{self, LineItem, NewInvoice};
 use super::paypal::{PayPal, WebhookSignature};
-use super::{plans, promo};
+use super::{dunning, plans, promo};
 
 /// The workflow whose tasks process payment events.
 pub const PAYMENTS: &str = "payments";
@@ -200,6 +201,7 @@ pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> R
     match event_type.as_str() {
         "BILLING.SUBSCRIPTION.ACTIVATED" => subscription_activated(conn, &resource, now).await?,
         "PAYMENT.SALE.COMPLETED" => sale_completed(conn, &resource, now).await?,
+        "BILLING.SUBSCRIPTION.PAYMENT.FAILED" => payment_failed(conn, &resource, now).await?,
         other => tracing::info!(
             event_type = other,
             "PayPal event recorded; nothing to do for it yet"
@@ -274,9 +276,31 @@ async fn subscription_activated(
     Ok(())
 }
 
+/// PayPal could not collect a subscription payment: dunning starts (once per cycle).
+async fn payment_failed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
+    let subscription = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::internal("payment-failed event without a subscription id"))?;
+    let user: Option<(i64,)> = sqlx::query_as(
+        "SELECT user_id FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
+    )
+    .bind(subscription)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((user_id,)) = user else {
+        return Err(Error::internal(format!(
+            "no checkout for PayPal subscription {subscription}"
+        )));
+    };
+    dunning::start(conn, user_id, subscription, now).await?;
+    Ok(())
+}
+
 /// A subscription payment went through: it is recorded once (`UNIQUE(provider,
 /// provider_payment_id)`), invoiced with the next number, and the subscription is active for
-/// another period (a past-due one too: the payment ends its dunning).
+/// another period (a past-due or dunning-suspended one too: the payment ends its dunning and
+/// its devices come back).
 async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
     let text = |pointer: &str| resource.pointer(pointer).and_then(Value::as_str);
     let sale = text("/id").ok_or_else(|| Error::internal("sale event without a sale id"))?;
@@ -346,7 +370,8 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
     sqlx::query(
         "UPDATE subscriptions SET status = 'active', current_period_start = $1, current_period_end = $2,
                 updated_at = $1
-         WHERE user_id = $3 AND provider_subscription_id = $4 AND status IN ('active', 'past_due')",
+         WHERE user_id = $3 AND provider_subscription_id = $4
+           AND status IN ('active', 'past_due', 'suspended')",
     )
     .bind(now)
     .bind(end)
@@ -354,6 +379,8 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
     .bind(subscription)
     .execute(&mut *conn)
     .await?;
+    // Devices disconnected by dunning come back.
+    entitlement::reconcile(conn, user_id, "payment_received", now).await?;
     Ok(())
 }
 
