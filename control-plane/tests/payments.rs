@@ -19,6 +19,7 @@ engine_tests!(
     payments_without_paypal_settings_say_so,
     invoice_numbers_stay_gapless_under_concurrency_and_rollback,
     a_failed_payment_runs_dunning_and_a_later_payment_ends_it,
+    reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period_end,
 );
 
 async fn app_with_paypal(engine: Engine, fake: &FakePayPal) -> TestApp {
@@ -418,4 +419,74 @@ async fn a_failed_payment_runs_dunning_and_a_later_payment_ends_it(engine: Engin
         1,
         "{sent:?}"
     );
+}
+
+fn cancelled(event_id: &str, subscription_id: &str) -> String {
+    format!(
+        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"subscription","event_type":"BILLING.SUBSCRIPTION.CANCELLED","resource":{{"id":"{subscription_id}","status":"CANCELLED"}}}}"#
+    )
+}
+
+fn refunded(event_id: &str, sale_id: &str, total: &str) -> String {
+    format!(
+        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"refund","event_type":"PAYMENT.SALE.REFUNDED","resource":{{"id":"REFUND-{sale_id}","state":"completed","sale_id":"{sale_id}","amount":{{"total":"{total}","currency":"USD"}}}}}}"#
+    )
+}
+
+async fn reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period_end(
+    engine: Engine,
+) {
+    let fake = FakePayPal::start().await;
+    let app = app_with_paypal(engine, &fake).await;
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let email = "leaving@example.com";
+    let (_, subscription) = subscriber(&app, &fake, email).await;
+    let reminders = || async {
+        app.mail_templates(email)
+            .await
+            .iter()
+            .filter(|t| *t == "renewal_reminder")
+            .count()
+    };
+    assert_eq!(reminders().await, 0);
+    // The period is 30 days: a reminder 7 days before its end.
+    app.advance(day * 23);
+    app.run_tasks().await;
+    assert_eq!(reminders().await, 1, "7 days before");
+
+    // Cancelled at PayPal: no more reminders, access until the period ends.
+    let cancel = cancelled("WH-C1", &subscription);
+    let (status, _) = deliver(&app, &cancel, &fake.sign(&cancel, WEBHOOK_ID)).await;
+    assert_eq!(status, StatusCode::OK);
+    app.run_tasks().await;
+    app.advance(day * 6);
+    app.run_tasks().await;
+    assert_eq!(
+        reminders().await,
+        1,
+        "no reminder for a period that will not renew"
+    );
+    let (subscription_status, device) = statuses(&app, email).await;
+    assert_eq!(subscription_status, "active");
+    assert_ne!(device, "disabled", "paid until the period ends");
+    app.advance(day);
+    app.run_tasks().await;
+    assert_eq!(
+        statuses(&app, email).await,
+        ("cancelled".to_owned(), "disabled".to_owned())
+    );
+
+    // A full refund of the first payment: the payment and its invoice say so.
+    let refund = refunded("WH-R1", &format!("SALE-1-{email}"), "9.99");
+    let (status, _) = deliver(&app, &refund, &fake.sign(&refund, WEBHOOK_ID)).await;
+    assert_eq!(status, StatusCode::OK);
+    app.run_tasks().await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM payments WHERE status = 'refunded'")
+            .await,
+        1
+    );
+    let token = app.token_for(email).await;
+    let (_, invoices) = app.get_auth("/api/v1/billing/invoices", &token).await;
+    assert_eq!(invoices[0]["status"], "refunded", "{invoices}");
 }

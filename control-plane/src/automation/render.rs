@@ -31,6 +31,7 @@ mail_templates!(
     "trial_expired",
     "dedicated_processing",
     "payment_failed",
+    "renewal_reminder",
     "welcome_vip",
     "verify_email",
     "password_reset",
@@ -185,6 +186,8 @@ mod tests {
             "region": "us-east",
             "stage": "first",
             "days_left": 8,
+            "plan": "Personal",
+            "renews_on": "December 24, 2026",
         })
     }
 

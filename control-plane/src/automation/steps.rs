@@ -6,7 +6,7 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use crate::accounts::{VipTier, scanner};
-use crate::billing::{dunning, payments, trials};
+use crate::billing::{dunning, payments, renewals, trials};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::identities;
@@ -92,6 +92,7 @@ pub async fn run(
         }
         (VIP_SIGNUP, "welcome_vip") => welcome_vip(conn, task, user_id, now).await,
         (dunning::DUNNING, _) => dunning::run_step(conn, task, user_id, now).await,
+        (renewals::RENEWALS, _) => renewals::run_step(conn, task, user_id, now).await,
         (VIP_SIGNUP, "create_identities") => {
             identities::ensure(conn, user_id, &ctx.regions, None, now)
                 .await

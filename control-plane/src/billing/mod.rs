@@ -9,4 +9,5 @@ pub mod payments;
 pub mod paypal;
 pub mod plans;
 pub mod promo;
+pub mod renewals;
 pub mod trials;

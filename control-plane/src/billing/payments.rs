@@ -21,7 +21,7 @@ use crate::storage::Db;
 
 use super::invoices::{self, LineItem, NewInvoice};
 use super::paypal::{PayPal, WebhookSignature};
-use super::{dunning, plans, promo};
+use super::{dunning, plans, promo, renewals};
 
 /// The workflow whose tasks process payment events.
 pub const PAYMENTS: &str = "payments";
@@ -202,6 +202,12 @@ pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> R
         "BILLING.SUBSCRIPTION.ACTIVATED" => subscription_activated(conn, &resource, now).await?,
         "PAYMENT.SALE.COMPLETED" => sale_completed(conn, &resource, now).await?,
         "BILLING.SUBSCRIPTION.PAYMENT.FAILED" => payment_failed(conn, &resource, now).await?,
+        "BILLING.SUBSCRIPTION.CANCELLED" => {
+            let subscription = subscription_id(&resource)?;
+            let (user_id, _) = checkout_for(conn, subscription).await?;
+            renewals::cancel_at_period_end(conn, user_id, subscription, now).await?;
+        }
+        "PAYMENT.SALE.REFUNDED" => sale_refunded(conn, &resource, now).await?,
         other => tracing::info!(
             event_type = other,
             "PayPal event recorded; nothing to do for it yet"
@@ -278,22 +284,70 @@ async fn subscription_activated(
 
 /// PayPal could not collect a subscription payment: dunning starts (once per cycle).
 async fn payment_failed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
-    let subscription = resource
+    let subscription = subscription_id(resource)?;
+    let (user_id, _) = checkout_for(conn, subscription).await?;
+    dunning::start(conn, user_id, subscription, now).await?;
+    Ok(())
+}
+
+fn subscription_id(resource: &Value) -> Result<&str> {
+    resource
         .get("id")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::internal("payment-failed event without a subscription id"))?;
-    let user: Option<(i64,)> = sqlx::query_as(
-        "SELECT user_id FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
+        .ok_or_else(|| Error::internal("subscription event without a subscription id"))
+}
+
+/// The user and plan of a PayPal subscription started by our checkout. None is an error: the
+/// task retries (events can arrive early) and then waits for an operator.
+async fn checkout_for(conn: &mut AnyConnection, subscription: &str) -> Result<(i64, String)> {
+    sqlx::query_as(
+        "SELECT user_id, plan_code FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
     )
     .bind(subscription)
     .fetch_optional(&mut *conn)
-    .await?;
-    let Some((user_id,)) = user else {
-        return Err(Error::internal(format!(
+    .await?
+    .ok_or_else(|| {
+        Error::internal(format!(
             "no checkout for PayPal subscription {subscription}"
-        )));
+        ))
+    })
+}
+
+/// A sale was refunded (in full or in part): the payment says so, and a full refund voids
+/// the invoice as `refunded`. Access is not touched here: a refund is an operator's decision,
+/// and ending access is a cancellation.
+async fn sale_refunded(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
+    let text = |pointer: &str| resource.pointer(pointer).and_then(Value::as_str);
+    let sale = text("/sale_id").ok_or_else(|| Error::internal("refund without a sale id"))?;
+    let refunded = text("/amount/total")
+        .and_then(cents)
+        .ok_or_else(|| Error::internal(format!("refund of {sale} has no readable amount")))?;
+    let payment: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT id, amount_cents FROM payments WHERE provider = 'paypal' AND provider_payment_id = $1",
+    )
+    .bind(sale)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((payment_id, paid)) = payment else {
+        return Err(Error::internal(format!("refund of unknown sale {sale}")));
     };
-    dunning::start(conn, user_id, subscription, now).await?;
+    let full = refunded >= paid;
+    sqlx::query("UPDATE payments SET status = $1, updated_at = $2 WHERE id = $3")
+        .bind(if full {
+            "refunded"
+        } else {
+            "partially_refunded"
+        })
+        .bind(now)
+        .bind(payment_id)
+        .execute(&mut *conn)
+        .await?;
+    if full {
+        sqlx::query("UPDATE invoices SET status = 'refunded' WHERE payment_id = $1")
+            .bind(payment_id)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -312,17 +366,7 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
         .and_then(cents)
         .ok_or_else(|| Error::internal(format!("sale {sale} has no readable amount")))?;
     let currency = text("/amount/currency").unwrap_or("USD").to_owned();
-    let checkout: Option<(i64, String)> = sqlx::query_as(
-        "SELECT user_id, plan_code FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
-    )
-    .bind(subscription)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((user_id, plan)) = checkout else {
-        return Err(Error::internal(format!(
-            "no checkout for PayPal subscription {subscription}"
-        )));
-    };
+    let (user_id, plan) = checkout_for(conn, subscription).await?;
     let recorded: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO payments (uuid, user_id, provider, provider_payment_id, provider_subscription_id,
                                plan_type, amount_cents, currency, status, created_at, updated_at)
@@ -379,6 +423,7 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
     .bind(subscription)
     .execute(&mut *conn)
     .await?;
+    renewals::schedule_reminders(conn, user_id, subscription, end, now).await?;
     // Devices disconnected by dunning come back.
     entitlement::reconcile(conn, user_id, "payment_received", now).await?;
     Ok(())
