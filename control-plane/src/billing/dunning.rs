@@ -65,6 +65,14 @@ pub async fn start(
     Ok(true)
 }
 
+/// The PayPal subscription a billing task is about.
+pub(super) fn subscription_of(task: &ClaimedTask) -> Result<&str> {
+    task.payload
+        .get("subscription")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| Error::internal(format!("task {} names no subscription", task.key)))
+}
+
 /// One dunning step; nothing once the subscription is no longer past due.
 pub async fn run_step(
     conn: &mut AnyConnection,
@@ -72,11 +80,7 @@ pub async fn run_step(
     user_id: i64,
     now: Millis,
 ) -> Result<()> {
-    let subscription = task
-        .payload
-        .get("subscription")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| Error::internal(format!("task {} names no subscription", task.key)))?;
+    let subscription = subscription_of(task)?;
     let row: Option<(String, String, String)> = sqlx::query_as(
         "SELECT s.status, u.email, u.first_name FROM subscriptions s JOIN users u ON u.id = s.user_id
          WHERE s.user_id = $1 AND s.provider_subscription_id = $2",

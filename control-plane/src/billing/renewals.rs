@@ -98,11 +98,7 @@ pub async fn run_step(
     user_id: i64,
     now: Millis,
 ) -> Result<()> {
-    let subscription = task
-        .payload
-        .get("subscription")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| Error::internal(format!("task {} names no subscription", task.key)))?;
+    let subscription = super::dunning::subscription_of(task)?;
     let row: Option<(String, i64, Option<Millis>, String, String, String)> = sqlx::query_as(
         "SELECT s.status, s.cancel_at_period_end, s.current_period_end, p.name, u.email, u.first_name
          FROM subscriptions s JOIN plans p ON p.code = s.plan_type JOIN users u ON u.id = s.user_id
