@@ -20,6 +20,7 @@ engine_tests!(
     invoice_numbers_stay_gapless_under_concurrency_and_rollback,
     a_failed_payment_runs_dunning_and_a_later_payment_ends_it,
     reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period_end,
+    a_paid_dedicated_plan_gets_a_pool_server_and_the_ready_mail,
 );
 
 async fn app_with_paypal(engine: Engine, fake: &FakePayPal) -> TestApp {
@@ -29,10 +30,14 @@ async fn app_with_paypal(engine: Engine, fake: &FakePayPal) -> TestApp {
         s.paypal_client_id = Some(CLIENT_ID.into());
         s.paypal_client_secret = Some(Secret::new(CLIENT_SECRET));
         s.paypal_webhook_id = Some(WEBHOOK_ID.into());
-        s.paypal_plans = [("personal", "P-PERSONAL"), ("family", "P-FAMILY")]
-            .into_iter()
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
-            .collect();
+        s.paypal_plans = [
+            ("personal", "P-PERSONAL"),
+            ("family", "P-FAMILY"),
+            ("dedicated", "P-DEDICATED"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
     })
     .await
 }
@@ -489,4 +494,104 @@ async fn reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period
     let token = app.token_for(email).await;
     let (_, invoices) = app.get_auth("/api/v1/billing/invoices", &token).await;
     assert_eq!(invoices[0]["status"], "refunded", "{invoices}");
+}
+
+async fn a_paid_dedicated_plan_gets_a_pool_server_and_the_ready_mail(engine: Engine) {
+    let fake = FakePayPal::start().await;
+    let app = app_with_paypal(engine, &fake).await;
+    let admin = app.admin_token().await;
+    let server = app.add_server("pool-de-1", "eu-de", 90).await;
+    let (status, _) = app
+        .post_auth(
+            "/api/v1/admin/pool",
+            &admin,
+            Some(json!({ "server_id": server["id"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let buy = |email: &'static str, sale: &'static str| {
+        let (app, fake) = (&app, &fake);
+        async move {
+            let (_, token) = app.customer(email).await;
+            app.run_tasks().await;
+            let (status, body) = app
+                .post_auth(
+                    "/api/v1/billing/checkout",
+                    &token,
+                    Some(json!({ "plan": "dedicated" })),
+                )
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "a dedicated server needs a region: {body}"
+            );
+            let (status, checkout) = app
+                .post_auth(
+                    "/api/v1/billing/checkout",
+                    &token,
+                    Some(json!({ "plan": "dedicated", "region": "eu-de" })),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{checkout}");
+            let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
+            for raw in [
+                activation(&format!("WH-A-{email}"), &subscription),
+                sale_completed(&format!("WH-S-{email}"), sale, &subscription, "49.99"),
+            ] {
+                let (status, body) = deliver(app, &raw, &fake.sign(&raw, WEBHOOK_ID)).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+            }
+            app.run_tasks().await;
+            (token, subscription)
+        }
+    };
+
+    let (token, subscription) = buy("first.buyer@example.com", "SALE-D1").await;
+    let mails = app.mail_templates("first.buyer@example.com").await;
+    assert!(
+        mails.contains(&"dedicated_processing".to_owned())
+            && mails.contains(&"dedicated_ready".to_owned()),
+        "{mails:?}"
+    );
+    let ready = app
+        .last_mail("first.buyer@example.com", "dedicated_ready")
+        .await;
+    assert_eq!(ready["address"], "pool-de-1.example.com", "{ready}");
+    let (_, orders) = app.get_auth("/api/v1/admin/orders", &admin).await;
+    assert_eq!(orders[0]["status"], "completed", "{orders}");
+    assert_eq!(orders[0]["server_id"], server["id"]);
+    let (status, device) = app
+        .post_auth(
+            "/api/v1/devices",
+            &token,
+            Some(json!({ "public_key": common::base64_key(91) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    assert_eq!(device["device"]["server"]["id"], server["uuid"]);
+
+    // The next month's payment keeps the server: no second order.
+    let renewal = sale_completed("WH-S-renewal", "SALE-D2", &subscription, "49.99");
+    deliver(&app, &renewal, &fake.sign(&renewal, WEBHOOK_ID)).await;
+    app.run_tasks().await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM server_provisioning_queue")
+            .await,
+        1
+    );
+
+    // The pool is empty now: the second buyer's order waits for a new instance.
+    buy("second.buyer@example.com", "SALE-D3").await;
+    let mails = app.mail_templates("second.buyer@example.com").await;
+    assert!(
+        mails.contains(&"dedicated_processing".to_owned()),
+        "{mails:?}"
+    );
+    assert!(!mails.contains(&"dedicated_ready".to_owned()), "{mails:?}");
+    let (_, pending) = app
+        .get_auth("/api/v1/admin/orders?status=pending", &admin)
+        .await;
+    assert_eq!(pending.as_array().unwrap().len(), 1, "{pending}");
 }

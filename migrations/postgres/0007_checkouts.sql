@@ -5,6 +5,8 @@ CREATE TABLE checkouts (
     user_id      BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     plan_code    TEXT   NOT NULL REFERENCES plans (code),
     promo_code   TEXT,
+    -- For a dedicated server: where the buyer wants it.
+    region       TEXT,
     provider     TEXT   NOT NULL,
     provider_ref TEXT   NOT NULL,
     status       TEXT   NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'completed')),

@@ -30,6 +30,7 @@ mail_templates!(
     "trial_last_day",
     "trial_expired",
     "dedicated_processing",
+    "dedicated_ready",
     "payment_failed",
     "renewal_reminder",
     "welcome_vip",
@@ -188,6 +189,8 @@ mod tests {
             "days_left": 8,
             "plan": "Personal",
             "renews_on": "December 24, 2026",
+            "address": "203.0.113.7",
+            "location": "us-east (USA)",
         })
     }
 

@@ -15,9 +15,11 @@ use utoipa::ToSchema;
 
 use crate::automation::tasks::{self, DEFAULT_MAX_ATTEMPTS, NewTask};
 use crate::clock::{Millis, SharedClock};
+use crate::dedicated::orders::{self, DEDICATED_PLAN};
 use crate::devices::entitlement;
 use crate::error::{Error, FieldError, Result};
-use crate::storage::Db;
+use crate::servers::country_of;
+use crate::storage::{Db, Engine};
 
 use super::invoices::{self, LineItem, NewInvoice};
 use super::paypal::{PayPal, WebhookSignature};
@@ -33,6 +35,8 @@ pub struct CheckoutInput {
     /// `personal`, `family`, `business` or `dedicated`.
     pub plan: Option<String>,
     pub promo_code: Option<String>,
+    /// For `dedicated`: where the server should be, such as `us-east`.
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,6 +89,18 @@ impl Payments {
                 format!("one of: {}", choices.join(", ")),
             )]));
         };
+        let region = input
+            .region
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
+        if plan == DEDICATED_PLAN && region.is_none_or(|r| country_of(r).is_none()) {
+            return Err(Error::Validation(vec![FieldError::new(
+                "region",
+                "invalid",
+                "a dedicated server needs a region such as us-east",
+            )]));
+        }
         let now = self.clock.now_ms();
         let promo_code = match input.promo_code.as_deref().filter(|c| !c.trim().is_empty()) {
             Some(code) => {
@@ -102,12 +118,13 @@ impl Payments {
             .await?;
         let mut tx = self.db.begin_write().await?;
         sqlx::query(
-            "INSERT INTO checkouts (user_id, plan_code, promo_code, provider, provider_ref, created_at)
-             VALUES ($1, $2, $3, 'paypal', $4, $5)",
+            "INSERT INTO checkouts (user_id, plan_code, promo_code, region, provider, provider_ref, created_at)
+             VALUES ($1, $2, $3, $4, 'paypal', $5, $6)",
         )
         .bind(user_id)
         .bind(&plan)
         .bind(promo_code.as_deref())
+        .bind(region.filter(|_| plan == DEDICATED_PLAN))
         .bind(&created.provider_id)
         .bind(now)
         .execute(tx.conn())
@@ -204,7 +221,7 @@ pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> R
         "BILLING.SUBSCRIPTION.PAYMENT.FAILED" => payment_failed(conn, &resource, now).await?,
         "BILLING.SUBSCRIPTION.CANCELLED" => {
             let subscription = subscription_id(&resource)?;
-            let (user_id, _) = checkout_for(conn, subscription).await?;
+            let (user_id, _, _) = checkout_for(conn, subscription).await?;
             renewals::cancel_at_period_end(conn, user_id, subscription, now).await?;
         }
         "PAYMENT.SALE.REFUNDED" => sale_refunded(conn, &resource, now).await?,
@@ -285,7 +302,7 @@ async fn subscription_activated(
 /// PayPal could not collect a subscription payment: dunning starts (once per cycle).
 async fn payment_failed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
     let subscription = subscription_id(resource)?;
-    let (user_id, _) = checkout_for(conn, subscription).await?;
+    let (user_id, _, _) = checkout_for(conn, subscription).await?;
     dunning::start(conn, user_id, subscription, now).await?;
     Ok(())
 }
@@ -297,11 +314,14 @@ fn subscription_id(resource: &Value) -> Result<&str> {
         .ok_or_else(|| Error::internal("subscription event without a subscription id"))
 }
 
-/// The user and plan of a PayPal subscription started by our checkout. None is an error: the
-/// task retries (events can arrive early) and then waits for an operator.
-async fn checkout_for(conn: &mut AnyConnection, subscription: &str) -> Result<(i64, String)> {
+/// The user, plan and region of a PayPal subscription started by our checkout. None is an
+/// error: the task retries (events can arrive early) and then waits for an operator.
+async fn checkout_for(
+    conn: &mut AnyConnection,
+    subscription: &str,
+) -> Result<(i64, String, Option<String>)> {
     sqlx::query_as(
-        "SELECT user_id, plan_code FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
+        "SELECT user_id, plan_code, region FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
     )
     .bind(subscription)
     .fetch_optional(&mut *conn)
@@ -366,7 +386,7 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
         .and_then(cents)
         .ok_or_else(|| Error::internal(format!("sale {sale} has no readable amount")))?;
     let currency = text("/amount/currency").unwrap_or("USD").to_owned();
-    let (user_id, plan) = checkout_for(conn, subscription).await?;
+    let (user_id, plan, region) = checkout_for(conn, subscription).await?;
     let recorded: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO payments (uuid, user_id, provider, provider_payment_id, provider_subscription_id,
                                plan_type, amount_cents, currency, status, created_at, updated_at)
@@ -424,6 +444,25 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
     .execute(&mut *conn)
     .await?;
     renewals::schedule_reminders(conn, user_id, subscription, end, now).await?;
+    let (payments_so_far,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM payments WHERE provider = 'paypal' AND provider_subscription_id = $1",
+    )
+    .bind(subscription)
+    .fetch_one(&mut *conn)
+    .await?;
+    if plan == DEDICATED_PLAN && payments_so_far == 1 {
+        // The seed's `dedicated_server_purchase`, on the subscription's first payment (renewals
+        // keep the server): the plan is set (activation), the order is placed (served from the
+        // pool when it can), the buyer is told, and the invoice and reminders are above.
+        let region = region.ok_or_else(|| {
+            Error::internal(format!("dedicated checkout {subscription} has no region"))
+        })?;
+        let engine = Engine::of(conn);
+        let (order, new) = orders::place(conn, engine, user_id, payment_id, &region, now).await?;
+        if new {
+            orders::notify_placed(conn, &order, now).await?;
+        }
+    }
     // Devices disconnected by dunning come back.
     entitlement::reconcile(conn, user_id, "payment_received", now).await?;
     Ok(())

@@ -13,7 +13,10 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 use utoipa::ToSchema;
 
+use serde_json::json;
+
 use crate::audit::{self, Actor};
+use crate::automation::outbox::{self, OutgoingMail};
 use crate::billing::plans;
 use crate::clock::{Millis, rfc3339};
 use crate::error::{Error, FieldError, Result};
@@ -136,6 +139,65 @@ pub async fn serve_from_pool(
     Ok(Some(claimed))
 }
 
+/// Mails the buyer about a new order: it is being set up, and it is ready when the pool
+/// served it at once. Each mail once per order.
+pub async fn notify_placed(conn: &mut AnyConnection, order: &OrderView, now: Millis) -> Result<()> {
+    let (email, first_name): (String, String) =
+        sqlx::query_as("SELECT email, first_name FROM users WHERE id = $1")
+            .bind(order.user_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    outbox::enqueue(
+        &mut *conn,
+        OutgoingMail {
+            to: &email,
+            user_id: Some(order.user_id),
+            template: "dedicated_processing",
+            context: json!({ "first_name": first_name, "region": order.region }),
+            dedupe_key: Some(format!("dedicated_processing:{}", order.id)),
+        },
+        now,
+    )
+    .await?;
+    if order.status == "completed" {
+        notify_ready(conn, order, now).await?;
+    }
+    Ok(())
+}
+
+/// The "ready" mail: the server's address and location.
+pub async fn notify_ready(conn: &mut AnyConnection, order: &OrderView, now: Millis) -> Result<()> {
+    let server = order
+        .server_id
+        .ok_or_else(|| Error::internal(format!("order {} is ready without a server", order.id)))?;
+    let (email, first_name, address, region, country): (String, String, String, String, String) =
+        sqlx::query_as(
+            "SELECT u.email, u.first_name, s.endpoint_host, s.region, s.country
+             FROM users u, vpn_servers s WHERE u.id = $1 AND s.id = $2",
+        )
+        .bind(order.user_id)
+        .bind(server)
+        .fetch_one(&mut *conn)
+        .await?;
+    outbox::enqueue(
+        conn,
+        OutgoingMail {
+            to: &email,
+            user_id: Some(order.user_id),
+            template: "dedicated_ready",
+            context: json!({
+                "first_name": first_name,
+                "address": address,
+                "location": format!("{region} ({country})"),
+            }),
+            dedupe_key: Some(format!("dedicated_ready:{}", order.id)),
+        },
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
 /// An operator's order for a manual payment: the payment, the plan change, the order, and the
 /// pool server if one waits, in one transaction.
 pub async fn place_manual(
@@ -228,6 +290,7 @@ pub async fn place_manual(
     };
     plans::change_plan(tx.conn(), user_id, DEDICATED_PLAN, now).await?;
     let (order, _) = place(tx.conn(), db.engine(), user_id, payment_id, &region, now).await?;
+    notify_placed(tx.conn(), &order, now).await?;
     audit::record(
         tx.conn(),
         audit::Entry {

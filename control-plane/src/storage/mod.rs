@@ -38,6 +38,15 @@ impl Engine {
         }
     }
 
+    /// The engine behind a connection (for the few statements that differ).
+    pub fn of(conn: &AnyConnection) -> Self {
+        if conn.backend_name() == "PostgreSQL" {
+            Self::Postgres
+        } else {
+            Self::Sqlite
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Sqlite => "sqlite",
