@@ -104,6 +104,11 @@ async fn an_activation_converts_the_trial_once_however_often_it_is_delivered(eng
             .contains("paypal.com")
     );
     let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        fake.first_cycle_price(&subscription).as_deref(),
+        Some("7.99"),
+        "PayPal charges the quoted first month (TRIAL20 on 9.99)"
+    );
     let (_, me) = app.get_auth("/api/v1/me", &token).await;
     assert_eq!(
         me["subscription_status"], "trial",

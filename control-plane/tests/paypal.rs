@@ -52,7 +52,7 @@ async fn checkouts_share_one_token_and_a_retried_one_returns_the_first() {
     let fake = FakePayPal::start().await;
     let paypal = PayPal::new(settings(&fake)).unwrap();
     let first = paypal
-        .create_subscription("P-PERSONAL", "user:7", "checkout-7-1")
+        .create_subscription("P-PERSONAL", "user:7", "checkout-7-1", None)
         .await
         .unwrap();
     assert!(first.provider_id.starts_with("I-"));
@@ -62,15 +62,20 @@ async fn checkouts_share_one_token_and_a_retried_one_returns_the_first() {
         first.approval_url
     );
     let again = paypal
-        .create_subscription("P-PERSONAL", "user:7", "checkout-7-1")
+        .create_subscription("P-PERSONAL", "user:7", "checkout-7-1", None)
         .await
         .unwrap();
     assert_eq!(again, first, "the same request id is the same subscription");
     let other = paypal
-        .create_subscription("P-PERSONAL", "user:7", "checkout-7-2")
+        .create_subscription("P-PERSONAL", "user:7", "checkout-7-2", Some((799, "USD")))
         .await
         .unwrap();
     assert_ne!(other.provider_id, first.provider_id);
+    assert_eq!(
+        fake.first_cycle_price(&other.provider_id).as_deref(),
+        Some("7.99")
+    );
+    assert_eq!(fake.first_cycle_price(&first.provider_id), None);
 
     let order = paypal
         .create_order(4999, "USD", "order:1", "order-1")
@@ -85,7 +90,7 @@ async fn checkouts_share_one_token_and_a_retried_one_returns_the_first() {
 
     fake.revoke_tokens();
     paypal
-        .create_subscription("P-FAMILY", "user:8", "checkout-8-1")
+        .create_subscription("P-FAMILY", "user:8", "checkout-8-1", None)
         .await
         .unwrap();
     assert_eq!(fake.token_grants(), 2, "a refused token is replaced once");
@@ -96,7 +101,7 @@ async fn paypal_errors_are_reported_with_their_reason() {
     let fake = FakePayPal::start().await;
     let paypal = PayPal::new(settings(&fake)).unwrap();
     let error = paypal
-        .create_subscription("P-NOPE", "user:1", "x-1")
+        .create_subscription("P-NOPE", "user:1", "x-1", None)
         .await
         .unwrap_err();
     let message = upstream_message(&error);
@@ -109,7 +114,7 @@ async fn paypal_errors_are_reported_with_their_reason() {
     wrong.client_secret = Secret::new("not-the-secret");
     let paypal = PayPal::new(wrong).unwrap();
     let error = paypal
-        .create_subscription("P-PERSONAL", "user:1", "x-2")
+        .create_subscription("P-PERSONAL", "user:1", "x-2", None)
         .await
         .unwrap_err();
     assert!(

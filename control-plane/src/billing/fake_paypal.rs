@@ -82,6 +82,17 @@ impl FakePayPal {
         self.world().verifications
     }
 
+    /// The first-cycle price a subscription was created with (a promo's first month), if any.
+    pub fn first_cycle_price(&self, subscription: &str) -> Option<String> {
+        self.world()
+            .created
+            .values()
+            .find(|c| c.get("id").and_then(Value::as_str) == Some(subscription))
+            .and_then(|c| c.get("first_cycle_price"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
     /// Every issued token stops working (as after PayPal rotates them).
     pub fn revoke_tokens(&self) {
         self.world().tokens.clear();
@@ -115,6 +126,16 @@ fn signature(transmission_id: &str, time: &str, webhook_id: &str, raw_event: &st
     let event_digest = crate::crypto::sha256_hex(raw_event.as_bytes());
     let signed = format!("{SIGNING_SECRET}|{transmission_id}|{time}|{webhook_id}|{event_digest}");
     base64::engine::general_purpose::STANDARD.encode(crate::crypto::sha256(signed.as_bytes()))
+}
+
+/// PayPal's money format: digits, a point, two digits.
+fn is_decimal(value: &str) -> bool {
+    value.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && a.chars().all(|c| c.is_ascii_digit())
+            && b.len() == 2
+            && b.chars().all(|c| c.is_ascii_digit())
+    })
 }
 
 fn paypal_error(status: StatusCode, name: &str, message: &str, issue: Option<&str>) -> Response {
@@ -232,7 +253,30 @@ async fn subscription(
             Some("INVALID_RESOURCE_ID"),
         );
     }
+    // A plan override may only reprice existing cycles, with a decimal string.
+    if let Some(cycles) = body.pointer("/plan/billing_cycles") {
+        let well_formed = cycles.as_array().is_some_and(|c| {
+            c.iter().all(|cycle| {
+                cycle.get("sequence").and_then(Value::as_i64).is_some()
+                    && cycle
+                        .pointer("/pricing_scheme/fixed_price/value")
+                        .and_then(Value::as_str)
+                        .is_some_and(is_decimal)
+            })
+        });
+        if !well_formed {
+            return paypal_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UNPROCESSABLE_ENTITY",
+                "The requested action could not be performed, semantically incorrect, or failed business validation.",
+                Some("INVALID_PARAMETER_VALUE"),
+            );
+        }
+    }
     let plan = plan.to_owned();
+    let first_price = body
+        .pointer("/plan/billing_cycles/0/pricing_scheme/fixed_price/value")
+        .cloned();
     idempotent(&fake, &headers, |n| {
         let id = format!("I-FAKE{n:06}");
         json!({
@@ -240,6 +284,8 @@ async fn subscription(
             "plan_id": plan,
             "status": "APPROVAL_PENDING",
             "custom_id": body.get("custom_id"),
+            "plan_overridden": first_price.is_some(),
+            "first_cycle_price": first_price,
             "links": [
                 {"href": format!("https://www.sandbox.paypal.com/webapps/billing/subscriptions?ba_token=BA-{n:06}"), "rel": "approve", "method": "GET"},
                 {"href": format!("https://api-m.sandbox.paypal.com/v1/billing/subscriptions/{id}"), "rel": "edit", "method": "PATCH"},

@@ -102,19 +102,30 @@ impl Payments {
             )]));
         }
         let now = self.clock.now_ms();
-        let promo_code = match input.promo_code.as_deref().filter(|c| !c.trim().is_empty()) {
+        let quote = match input.promo_code.as_deref().filter(|c| !c.trim().is_empty()) {
             Some(code) => {
                 let check = promo::PromoCheck {
                     code: Some(code.to_owned()),
                     plan: Some(plan.clone()),
                 };
-                Some(promo::validate(&self.db, check, now).await?.code)
+                Some(promo::validate(&self.db, check, now).await?)
             }
             None => None,
         };
+        let promo_code = quote.as_ref().map(|q| q.code.clone());
+        // The quoted first month is what PayPal charges first.
+        let first_cycle = quote
+            .as_ref()
+            .and_then(|q| q.first_month_price_cents)
+            .map(|cents| (cents, "USD"));
         let request_id = format!("checkout-{user_id}-{}", uuid::Uuid::new_v4().simple());
         let created = paypal
-            .create_subscription(paypal_plan, &format!("user:{user_id}"), &request_id)
+            .create_subscription(
+                paypal_plan,
+                &format!("user:{user_id}"),
+                &request_id,
+                first_cycle,
+            )
             .await?;
         let mut tx = self.db.begin_write().await?;
         sqlx::query(

@@ -191,13 +191,17 @@ impl PayPal {
 
     /// A subscription to PayPal's billing plan `plan_id`; `custom_id` comes back in every event
     /// about it (it names our user). `request_id` makes a retry return the same subscription.
+    /// `first_cycle` overrides the price of the plan's first billing cycle (a promo code's first
+    /// month): the PayPal plan must start with a one-cycle trial cycle at the list price for
+    /// this to discount only the first month.
     pub async fn create_subscription(
         &self,
         plan_id: &str,
         custom_id: &str,
         request_id: &str,
+        first_cycle: Option<(i64, &str)>,
     ) -> Result<Checkout> {
-        let body = json!({
+        let mut body = json!({
             "plan_id": plan_id,
             "custom_id": custom_id,
             "application_context": {
@@ -208,6 +212,12 @@ impl PayPal {
                 "cancel_url": self.settings.cancel_url,
             },
         });
+        if let Some((cents, currency)) = first_cycle {
+            body["plan"] = json!({ "billing_cycles": [{
+                "sequence": 1,
+                "pricing_scheme": { "fixed_price": { "value": decimal(cents), "currency_code": currency } },
+            }]});
+        }
         let created = self
             .call("/v1/billing/subscriptions", &body, Some(request_id))
             .await?;
