@@ -15,6 +15,7 @@ engine_tests!(
     pool_and_order_routes_refuse_bad_input_and_change_nothing,
     simultaneous_purchases_with_one_pool_server_give_it_to_one_buyer,
     one_payment_places_one_order_even_concurrently,
+    a_server_added_to_the_pool_serves_the_oldest_waiting_order,
 );
 
 async fn pool(app: &TestApp, admin: &str, body: Value) -> (StatusCode, Value) {
@@ -319,6 +320,65 @@ async fn one_payment_places_one_order_even_concurrently(engine: Engine) {
     assert!(results.iter().all(|(o, _)| o.id == results[0].0.id));
     assert_eq!(
         app.count("SELECT COUNT(*) FROM server_provisioning_queue")
+            .await,
+        1
+    );
+}
+
+async fn a_server_added_to_the_pool_serves_the_oldest_waiting_order(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let admin = app.admin_token().await;
+    let (first_id, first) = app.customer("waiting.first@example.com").await;
+    let (second_id, _) = app.customer("waiting.second@example.com").await;
+    for user_id in [first_id, second_id] {
+        let (status, placed) = order(
+            &app,
+            &admin,
+            json!({ "user_id": user_id, "region": "asia-jp" }),
+        )
+        .await;
+        assert_eq!(
+            (status, placed["status"].as_str()),
+            (StatusCode::CREATED, Some("pending"))
+        );
+    }
+    // A server elsewhere serves nobody here.
+    let elsewhere = app.add_server("pool-sg-1", "asia-sg", 51).await;
+    pool(&app, &admin, json!({ "server_id": elsewhere["id"] })).await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM server_provisioning_queue WHERE status = 'pending'")
+            .await,
+        2
+    );
+
+    let server = app.add_server("pool-jp-1", "asia-jp", 52).await;
+    let (status, pooled) = pool(&app, &admin, json!({ "server_id": server["id"] })).await;
+    assert_eq!(status, StatusCode::CREATED, "{pooled}");
+    assert_eq!(pooled["status"], "assigned");
+    assert_eq!(
+        pooled["assigned_user_id"], first_id,
+        "the oldest order first"
+    );
+    let (_, orders) = app
+        .get_auth("/api/v1/admin/orders?status=completed", &admin)
+        .await;
+    assert_eq!(orders.as_array().unwrap().len(), 1, "{orders}");
+    assert_eq!(orders[0]["user_id"], first_id);
+    let ready = app
+        .last_mail("waiting.first@example.com", "dedicated_ready")
+        .await;
+    assert_eq!(ready["address"], "pool-jp-1.example.com");
+    let (status, device) = app
+        .post_auth(
+            "/api/v1/devices",
+            &first,
+            Some(json!({ "public_key": base64_key(53) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    assert_eq!(device["device"]["server"]["id"], server["uuid"]);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM server_provisioning_queue WHERE status = 'pending'")
             .await,
         1
     );

@@ -139,6 +139,37 @@ pub async fn serve_from_pool(
     Ok(Some(claimed))
 }
 
+/// A server just joined the pool in `region`: the oldest order waiting there takes it (and its
+/// buyer hears it is ready when its agent is online). Returns the order served, if any.
+pub async fn serve_waiting(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    region: &str,
+    now: Millis,
+) -> Result<Option<OrderView>> {
+    let waiting: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT id, user_id FROM server_provisioning_queue
+         WHERE status = 'pending' AND region_preference = $1 ORDER BY created_at, id LIMIT 1",
+    )
+    .bind(region)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((order_id, user_id)) = waiting else {
+        return Ok(None);
+    };
+    if serve_from_pool(&mut *conn, engine, order_id, user_id, region, now)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let order = get(&mut *conn, order_id).await?;
+    if order.status == "completed" {
+        notify_ready(conn, &order, now).await?;
+    }
+    Ok(Some(order))
+}
+
 /// Mails the buyer about a new order: it is being set up, and it is ready when the pool
 /// served it at once. Each mail once per order.
 pub async fn notify_placed(conn: &mut AnyConnection, order: &OrderView, now: Millis) -> Result<()> {

@@ -72,7 +72,7 @@ pub struct Claimed {
     pub server_id: i64,
 }
 
-/// Puts an idle server into the pool.
+/// Puts an idle server into the pool; the oldest order waiting in its region takes it.
 pub async fn add(
     db: &Db,
     input: PoolInput,
@@ -202,6 +202,8 @@ pub async fn add(
         now,
     )
     .await?;
+    // An order already waiting in the region takes it at once.
+    super::orders::serve_waiting(tx.conn(), db.engine(), &region, now).await?;
     let view = get(tx.conn(), id).await?;
     tx.commit().await?;
     Ok(view)
