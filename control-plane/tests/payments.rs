@@ -156,6 +156,21 @@ async fn an_activation_converts_the_trial_once_however_often_it_is_delivered(eng
         1
     );
 
+    // Subscribed: a second checkout would bill twice.
+    let (status, body) = app
+        .post_auth(
+            "/api/v1/billing/checkout",
+            &token,
+            Some(json!({ "plan": "family" })),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "already_subscribed"),
+        "{body}"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM checkouts").await, 1);
+
     // Delivered again after processing: still one effect.
     let (status, _) = deliver(&app, &raw, &signed).await;
     assert_eq!(status, StatusCode::OK);

@@ -101,6 +101,28 @@ impl Payments {
                 "a dedicated server needs a region such as us-east",
             )]));
         }
+        // A second PayPal subscription would bill the customer twice: changing plans goes
+        // through cancelling the current one first (PayPal's own revise flow is not built).
+        let current: Option<(String,)> = sqlx::query_as(
+            "SELECT status FROM subscriptions
+             WHERE user_id = $1 AND provider = 'paypal' AND cancel_at_period_end = 0
+               AND status IN ('active', 'past_due', 'suspended')",
+        )
+        .bind(user_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        if let Some((status,)) = current {
+            return Err(Error::conflict(
+                "already_subscribed",
+                format!(
+                    "you already have a PayPal subscription ({status}); cancel it to change plans"
+                ),
+            ));
+        }
+        let (currency,): (String,) = sqlx::query_as("SELECT currency FROM plans WHERE code = $1")
+            .bind(&plan)
+            .fetch_one(self.db.pool())
+            .await?;
         let now = self.clock.now_ms();
         let quote = match input.promo_code.as_deref().filter(|c| !c.trim().is_empty()) {
             Some(code) => {
@@ -117,7 +139,7 @@ impl Payments {
         let first_cycle = quote
             .as_ref()
             .and_then(|q| q.first_month_price_cents)
-            .map(|cents| (cents, "USD"));
+            .map(|cents| (cents, currency.as_str()));
         let request_id = format!("checkout-{user_id}-{}", uuid::Uuid::new_v4().simple());
         let created = paypal
             .create_subscription(
