@@ -179,8 +179,9 @@ impl Hub {
         nodes.keys().copied().collect()
     }
 
-    /// SQLite, after a commit: the servers with changes since the last look, in one indexed
-    /// query whose cost grows with the new changes, not with the fleet.
+    /// SQLite, after a commit: the change rows since the last look (read in batches, so the
+    /// cost grows with the new changes, not with the fleet), handed to the sessions of their
+    /// servers before those sessions are woken.
     pub async fn refresh_new_changes(&self, db: &Db) -> Result<()> {
         if self
             .nodes
