@@ -170,6 +170,8 @@ enum OrdersCommand {
         #[arg(long)]
         reference: Option<String>,
     },
+    /// Send a failed order round again from where it stopped (deadline starts afresh).
+    Retry { id: i64 },
 }
 
 // Parsed once per process; boxing the big variant would buy nothing.
@@ -443,6 +445,18 @@ async fn admin(
             let order =
                 orders::place_manual(accounts.db(), input, Actor::Cli, None, SystemClock.now_ms())
                     .await?;
+            out(&json(&order)?);
+        }
+        AdminCommand::Orders(OrdersCommand::Retry { id }) => {
+            let order = orders::retry(
+                accounts.db(),
+                *id,
+                crate::server::order_deadline(settings),
+                Actor::Cli,
+                None,
+                SystemClock.now_ms(),
+            )
+            .await?;
             out(&json(&order)?);
         }
         AdminCommand::Vip(VipCommand::List) => out(&json(&accounts.list_vips().await?)?),

@@ -11,12 +11,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::accounts::{Accounts, load_or_create_signing_key};
-use crate::api::{self, AppState, HttpSettings};
+use crate::api::{self, AppState, HttpSettings, Services};
 use crate::automation::Automation;
 use crate::billing::payments::Payments;
 use crate::billing::paypal::{PayPal, PayPalSettings};
 use crate::clock::SharedClock;
 use crate::config::Settings;
+use crate::dedicated::runner::{NodeBootstrapSettings, OrderRunner, Provisioning, RunnerSettings};
 use crate::devices::Devices;
 use crate::error::{Error, Result};
 use crate::fsutil::create_private_dir;
@@ -77,6 +78,108 @@ pub fn payments(db: Db, settings: &Settings, clock: SharedClock) -> Result<Payme
     ))
 }
 
+/// The dedicated-server order runner; it creates servers when a provider is configured.
+pub fn order_runner(
+    db: Db,
+    settings: &Settings,
+    clock: SharedClock,
+    ca_pem: &str,
+) -> Result<OrderRunner> {
+    let provisioning = match settings.provisioning_provider.as_deref() {
+        Some("contabo") => Some(contabo(settings, ca_pem)?),
+        Some(other) => {
+            return Err(Error::Config(format!(
+                "unknown provisioning_provider {other:?}"
+            )));
+        }
+        None => None,
+    };
+    Ok(OrderRunner::new(
+        db,
+        clock,
+        RunnerSettings {
+            provisioning,
+            poll: Duration::from_secs(settings.provisioning_poll_secs),
+            deadline: order_deadline(settings),
+            lease: 60 * crate::clock::SECOND,
+            concurrency: 8,
+            operator_email: settings.operator_email.clone(),
+        },
+    ))
+}
+
+fn contabo(settings: &Settings, ca_pem: &str) -> Result<Provisioning> {
+    use truevault_provisioning::contabo::{Contabo, ContaboSettings, Credentials};
+    // `validate` has checked these are set when the provider is.
+    let missing = |name: &str| Error::Config(format!("provisioning needs {name}"));
+    let credentials = Credentials {
+        client_id: settings
+            .contabo_client_id
+            .clone()
+            .ok_or_else(|| missing("contabo_client_id"))?,
+        client_secret: truevault_provisioning::Secret::new(
+            settings
+                .contabo_client_secret
+                .as_ref()
+                .ok_or_else(|| missing("contabo_client_secret"))?
+                .expose(),
+        ),
+        api_user: settings
+            .contabo_api_user
+            .clone()
+            .ok_or_else(|| missing("contabo_api_user"))?,
+        api_password: truevault_provisioning::Secret::new(
+            settings
+                .contabo_api_password
+                .as_ref()
+                .ok_or_else(|| missing("contabo_api_password"))?
+                .expose(),
+        ),
+    };
+    let mut contabo = ContaboSettings::new(credentials);
+    contabo.auth_url.clone_from(&settings.contabo_auth_url);
+    contabo.api_url.clone_from(&settings.contabo_api_url);
+    contabo.product_id.clone_from(&settings.contabo_product_id);
+    contabo.period_months = settings.contabo_period_months;
+    contabo.image_id.clone_from(&settings.contabo_image_id);
+    contabo.image_name.clone_from(&settings.contabo_image_name);
+    if !settings.contabo_regions.is_empty() {
+        contabo.regions.clone_from(&settings.contabo_regions);
+    }
+    let provider = Contabo::new(contabo).map_err(|e| Error::Config(e.to_string()))?;
+    let defaults = truevault_provisioning::RetryPolicy::default();
+    Ok(Provisioning {
+        provider_name: "contabo".to_owned(),
+        provider: Arc::new(provider),
+        bootstrap: NodeBootstrapSettings {
+            control_plane_url: settings
+                .provisioning_grpc_url
+                .clone()
+                .ok_or_else(|| missing("provisioning_grpc_url"))?,
+            control_plane_name: settings.provisioning_grpc_name.clone(),
+            ca_pem: ca_pem.to_owned(),
+            agent_url: settings
+                .agent_download_url
+                .clone()
+                .ok_or_else(|| missing("agent_download_url"))?,
+            agent_sha256: settings
+                .agent_sha256
+                .clone()
+                .ok_or_else(|| missing("agent_sha256"))?,
+            interface: "wg0".to_owned(),
+        },
+        create_policy: truevault_provisioning::RetryPolicy {
+            first_pause: Duration::from_millis(settings.provisioning_retry_pause_ms.max(1)),
+            settle: Duration::from_secs(settings.provisioning_settle_secs),
+            ..defaults
+        },
+    })
+}
+
+pub fn order_deadline(settings: &Settings) -> crate::clock::Millis {
+    i64::try_from(settings.provisioning_deadline_minutes).unwrap_or(30) * crate::clock::MINUTE
+}
+
 /// A bound, not yet running HTTP server.
 #[derive(Debug)]
 pub struct Server {
@@ -100,6 +203,12 @@ impl Server {
             &settings.data_dir,
             clock.now_ms(),
         )?);
+        let orders = Arc::new(order_runner(
+            db.clone(),
+            settings,
+            Arc::clone(&clock),
+            ca.ca_pem(),
+        )?);
         let hub = Arc::new(Hub::default());
         let metrics = Arc::new(Metrics::default());
         let grpc = NodeGrpc::new(
@@ -113,10 +222,13 @@ impl Server {
         let devices = Devices::new(db.clone(), Arc::clone(&clock), settings);
         let payments = payments(db.clone(), settings, Arc::clone(&clock))?;
         let state = AppState::new(
-            accounts(db, settings, Arc::clone(&clock))?,
-            automation,
-            devices,
-            payments,
+            Services {
+                accounts: accounts(db, settings, Arc::clone(&clock))?,
+                automation,
+                devices,
+                payments,
+                orders,
+            },
             Arc::clone(&clock),
             metrics,
             &http_settings(settings),
@@ -158,7 +270,9 @@ impl Server {
         let db = self.state.accounts().db().clone();
         let (stop, stopped) = watch::channel(false);
         let workers = if self.workers_enabled {
-            self.state.automation().spawn(stopped.clone())
+            let mut workers = self.state.automation().spawn(stopped.clone());
+            workers.push(self.state.orders().spawn(stopped.clone()));
+            workers
         } else {
             Vec::new()
         };
@@ -209,6 +323,7 @@ fn http_settings(settings: &Settings) -> HttpSettings {
         trusted_proxies: settings.trusted_proxies.clone(),
         max_body_bytes: settings.max_body_bytes,
         enrollment_token_ttl: enrollment_token_ttl(settings),
+        order_deadline: order_deadline(settings),
     }
 }
 

@@ -6,13 +6,11 @@
 
 mod common;
 
+use common::paypal::{activation, app_with_paypal, deliver, sale_completed};
 use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-use truevault_control_plane::billing::fake_paypal::{
-    CLIENT_ID, CLIENT_SECRET, FakePayPal, WEBHOOK_ID,
-};
-use truevault_control_plane::secret::Secret;
+use serde_json::json;
+use truevault_control_plane::billing::fake_paypal::{FakePayPal, WEBHOOK_ID};
 
 engine_tests!(
     an_activation_converts_the_trial_once_however_often_it_is_delivered,
@@ -23,51 +21,9 @@ engine_tests!(
     a_paid_dedicated_plan_gets_a_pool_server_and_the_ready_mail,
 );
 
-async fn app_with_paypal(engine: Engine, fake: &FakePayPal) -> TestApp {
-    let url = fake.url();
-    TestApp::start_with(engine, move |s| {
-        s.paypal_base_url = url;
-        s.paypal_client_id = Some(CLIENT_ID.into());
-        s.paypal_client_secret = Some(Secret::new(CLIENT_SECRET));
-        s.paypal_webhook_id = Some(WEBHOOK_ID.into());
-        s.paypal_plans = [
-            ("personal", "P-PERSONAL"),
-            ("family", "P-FAMILY"),
-            ("dedicated", "P-DEDICATED"),
-        ]
-        .into_iter()
-        .map(|(a, b)| (a.to_owned(), b.to_owned()))
-        .collect();
-    })
-    .await
-}
-
-async fn deliver(
-    app: &TestApp,
-    raw: &str,
-    signature: &[(&'static str, String)],
-) -> (StatusCode, Value) {
-    let mut request = app
-        .http
-        .post(app.url("/api/v1/billing/paypal/webhook"))
-        .header("content-type", "application/json")
-        .body(raw.to_owned());
-    for (name, value) in signature {
-        request = request.header(*name, value);
-    }
-    common::split(request.send().await.unwrap()).await
-}
-
-fn activation(event_id: &str, subscription_id: &str) -> String {
-    // As PayPal formats it (its own spacing): the signature covers this exact text.
-    format!(
-        r#"{{"id":"{event_id}","event_version":"1.0","create_time":"2026-11-24T10:00:00.000Z","resource_type":"subscription","event_type":"BILLING.SUBSCRIPTION.ACTIVATED","summary":"Subscription activated", "resource":{{"id":"{subscription_id}","plan_id":"P-PERSONAL","status":"ACTIVE"}}}}"#
-    )
-}
-
 async fn an_activation_converts_the_trial_once_however_often_it_is_delivered(engine: Engine) {
     let fake = FakePayPal::start().await;
-    let app = app_with_paypal(engine, &fake).await;
+    let app = app_with_paypal(engine, &fake, |_| {}).await;
     let (_, token) = app.customer("payer@example.com").await;
     app.run_tasks().await; // the trial's first steps, out of the way
 
@@ -243,12 +199,6 @@ async fn an_activation_converts_the_trial_once_however_often_it_is_delivered(eng
     assert_eq!(theirs, json!([]));
 }
 
-fn sale_completed(event_id: &str, sale_id: &str, subscription_id: &str, total: &str) -> String {
-    format!(
-        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"sale","event_type":"PAYMENT.SALE.COMPLETED","resource":{{"id":"{sale_id}","state":"completed","amount":{{"total":"{total}","currency":"USD"}},"payment_mode":"INSTANT_TRANSFER","billing_agreement_id":"{subscription_id}"}}}}"#
-    )
-}
-
 async fn invoice_numbers_stay_gapless_under_concurrency_and_rollback(engine: Engine) {
     use truevault_control_plane::billing::invoices::{self, LineItem, NewInvoice};
     let app = TestApp::start(engine).await;
@@ -375,7 +325,7 @@ async fn statuses(app: &TestApp, email: &str) -> (String, String) {
 
 async fn a_failed_payment_runs_dunning_and_a_later_payment_ends_it(engine: Engine) {
     let fake = FakePayPal::start().await;
-    let app = app_with_paypal(engine, &fake).await;
+    let app = app_with_paypal(engine, &fake, |_| {}).await;
     let day = std::time::Duration::from_secs(24 * 3600);
 
     // Unpaid: reminders on days 0, 3 and 7, suspension on day 8.
@@ -462,7 +412,7 @@ async fn reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period
     engine: Engine,
 ) {
     let fake = FakePayPal::start().await;
-    let app = app_with_paypal(engine, &fake).await;
+    let app = app_with_paypal(engine, &fake, |_| {}).await;
     let day = std::time::Duration::from_secs(24 * 3600);
     let email = "leaving@example.com";
     let (_, subscription) = subscriber(&app, &fake, email).await;
@@ -518,7 +468,7 @@ async fn reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period
 
 async fn a_paid_dedicated_plan_gets_a_pool_server_and_the_ready_mail(engine: Engine) {
     let fake = FakePayPal::start().await;
-    let app = app_with_paypal(engine, &fake).await;
+    let app = app_with_paypal(engine, &fake, |_| {}).await;
     let admin = app.admin_token().await;
     let server = app.add_server("pool-de-1", "eu-de", 90).await;
     let (status, _) = app

@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -30,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/pool", get(list_pool).post(add_to_pool))
         .route("/pool/{id}", patch(set_pool_status))
         .route("/orders", get(list_orders).post(place_manual_order))
+        .route("/orders/{id}/retry", post(retry_order))
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/pool", tag = "admin", security(("bearer" = [])),
@@ -133,4 +134,27 @@ pub async fn place_manual_order(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(order)))
+}
+
+/// Send a failed order round again from where it stopped (a created instance is found again by
+/// its name, never created twice); its deadline starts afresh.
+#[utoipa::path(post, path = "/api/v1/admin/orders/{id}/retry", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The order")),
+    responses((status = 200, body = OrderView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn retry_order(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<Json<OrderView>, Error> {
+    orders::retry(
+        state.db(),
+        id,
+        state.order_deadline(),
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await
+    .map(Json)
 }

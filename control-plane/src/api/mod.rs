@@ -31,6 +31,7 @@ use crate::accounts::Accounts;
 use crate::automation::Automation;
 use crate::billing::payments::Payments;
 use crate::clock::SharedClock;
+use crate::dedicated::runner::OrderRunner;
 use crate::devices::Devices;
 use crate::error::Error;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
@@ -48,6 +49,7 @@ struct Inner {
     automation: Arc<Automation>,
     devices: Devices,
     payments: Payments,
+    orders: Arc<OrderRunner>,
     clock: SharedClock,
     db: Db,
     metrics: Arc<Metrics>,
@@ -55,6 +57,7 @@ struct Inner {
     trusted_proxies: Vec<IpAddr>,
     max_body_bytes: usize,
     enrollment_token_ttl: crate::clock::Millis,
+    order_deadline: crate::clock::Millis,
 }
 
 /// What the HTTP edge needs beyond the domain services.
@@ -65,24 +68,41 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<IpAddr>,
     pub max_body_bytes: usize,
     pub enrollment_token_ttl: crate::clock::Millis,
+    /// How long a retried dedicated-server order gets.
+    pub order_deadline: crate::clock::Millis,
+}
+
+/// The domain services the HTTP edge calls.
+#[derive(Debug)]
+pub struct Services {
+    pub accounts: Accounts,
+    pub automation: Arc<Automation>,
+    pub devices: Devices,
+    pub payments: Payments,
+    pub orders: Arc<OrderRunner>,
 }
 
 impl AppState {
     pub fn new(
-        accounts: Accounts,
-        automation: Arc<Automation>,
-        devices: Devices,
-        payments: Payments,
+        services: Services,
         clock: SharedClock,
         metrics: Arc<Metrics>,
         settings: &HttpSettings,
     ) -> Self {
+        let Services {
+            accounts,
+            automation,
+            devices,
+            payments,
+            orders,
+        } = services;
         let db = accounts.db().clone();
         Self(Arc::new(Inner {
             accounts,
             automation,
             devices,
             payments,
+            orders,
             clock,
             db,
             metrics,
@@ -93,6 +113,7 @@ impl AppState {
             trusted_proxies: settings.trusted_proxies.clone(),
             max_body_bytes: settings.max_body_bytes,
             enrollment_token_ttl: settings.enrollment_token_ttl,
+            order_deadline: settings.order_deadline,
         }))
     }
 
@@ -110,6 +131,15 @@ impl AppState {
 
     pub fn payments(&self) -> &Payments {
         &self.0.payments
+    }
+
+    /// The dedicated-server order runner (tests drive it with `run_due`).
+    pub fn orders(&self) -> &Arc<OrderRunner> {
+        &self.0.orders
+    }
+
+    pub(crate) fn order_deadline(&self) -> crate::clock::Millis {
+        self.0.order_deadline
     }
 
     pub(crate) fn db(&self) -> &Db {

@@ -31,6 +31,8 @@ mail_templates!(
     "trial_expired",
     "dedicated_processing",
     "dedicated_ready",
+    "dedicated_delayed",
+    "order_failed",
     "payment_failed",
     "renewal_reminder",
     "welcome_vip",
@@ -191,6 +193,11 @@ mod tests {
             "renews_on": "December 24, 2026",
             "address": "203.0.113.7",
             "location": "us-east (USA)",
+            "order_id": 42,
+            "email": "ada@example.com",
+            "reason": "the node agent did not connect before the deadline",
+            "instance": "200100",
+            "was": "configuring",
         })
     }
 

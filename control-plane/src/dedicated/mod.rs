@@ -1,6 +1,8 @@
-//! Dedicated servers: the pool of pre-provisioned servers and the orders that claim them (the
-//! seed's `server_pool` and `server_provisioning_queue`). Creating new instances for orders the
-//! pool cannot serve is the `truevault-provisioning` crate's job, driven from here.
+//! Dedicated servers: the pool of pre-provisioned servers, the orders that claim them (the
+//! seed's `server_pool` and `server_provisioning_queue`), and the runner that creates a new
+//! instance (through the `truevault-provisioning` crate) for an order the pool cannot serve.
 
+mod lifecycle;
 pub mod orders;
 pub mod pool;
+pub mod runner;

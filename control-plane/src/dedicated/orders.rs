@@ -39,7 +39,15 @@ pub struct OrderView {
     pub pool_server_id: Option<i64>,
     pub server_id: Option<i64>,
     pub provider_display_name: Option<String>,
+    /// The provider's id for the instance created for this order.
+    pub provider_instance_id: Option<String>,
+    /// The instance's public address, once it has one.
+    pub ip_address: Option<String>,
     pub error_message: Option<String>,
+    /// Operator retries so far.
+    pub attempt: i64,
+    /// When the order fails if its server is not connected by then.
+    pub deadline_at: Option<String>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
@@ -339,9 +347,72 @@ pub async fn place_manual(
     Ok(order)
 }
 
+/// An operator sends a failed order round again, from where it stopped: a pool server is
+/// waited on, a created instance is looked at again (never created twice: its name is looked
+/// up first), an order without a server starts over. The deadline starts afresh.
+pub async fn retry(
+    db: &Db,
+    id: i64,
+    deadline: Millis,
+    actor: Actor,
+    ip: Option<IpAddr>,
+    now: Millis,
+) -> Result<OrderView> {
+    let mut tx = db.begin_write().await?;
+    let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT status, server_pool_id, vpn_server_id FROM server_provisioning_queue WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some((status, pool_id, server_id)) = row else {
+        return Err(Error::NotFound("order"));
+    };
+    if status != "failed" {
+        return Err(Error::conflict(
+            "order_not_failed",
+            "only a failed order can be retried",
+        ));
+    }
+    let resume = match (pool_id, server_id) {
+        (Some(_), _) => "configuring",
+        (None, Some(_)) => "provisioning",
+        (None, None) => "pending",
+    };
+    sqlx::query(
+        "UPDATE server_provisioning_queue
+         SET status = $1, attempt = attempt + 1, error_message = NULL, deadline_at = $2,
+             next_run_at = $3, lease_owner = NULL, lease_until = NULL, updated_at = $3
+         WHERE id = $4 AND status = 'failed'",
+    )
+    .bind(resume)
+    .bind(now + deadline)
+    .bind(now)
+    .bind(id)
+    .execute(tx.conn())
+    .await?;
+    audit::record(
+        tx.conn(),
+        audit::Entry {
+            actor,
+            action: "order.retried",
+            target_type: Some("order"),
+            target_id: Some(id.to_string()),
+            details: serde_json::json!({ "resumes_at": resume }),
+            ip,
+        },
+        now,
+    )
+    .await?;
+    let order = get(tx.conn(), id).await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
 const SELECT: &str =
     "SELECT id, user_id, payment_id, plan_type, region_preference, status, server_pool_id,
-        vpn_server_id, provider_display_name, error_message, created_at, started_at, completed_at
+        vpn_server_id, provider_display_name, error_message, created_at, started_at, completed_at,
+        provider_instance_id, ip_address, attempt, deadline_at
      FROM server_provisioning_queue";
 
 fn view(r: &AnyRow) -> std::result::Result<OrderView, sqlx::Error> {
@@ -355,7 +426,11 @@ fn view(r: &AnyRow) -> std::result::Result<OrderView, sqlx::Error> {
         pool_server_id: r.try_get(6)?,
         server_id: r.try_get(7)?,
         provider_display_name: r.try_get(8)?,
+        provider_instance_id: r.try_get(13)?,
+        ip_address: r.try_get(14)?,
         error_message: r.try_get(9)?,
+        attempt: r.try_get(15)?,
+        deadline_at: r.try_get::<Option<i64>, _>(16)?.map(rfc3339),
         created_at: rfc3339(r.try_get(10)?),
         started_at: r.try_get::<Option<i64>, _>(11)?.map(rfc3339),
         completed_at: r.try_get::<Option<i64>, _>(12)?.map(rfc3339),

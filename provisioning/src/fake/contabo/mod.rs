@@ -8,7 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,41 @@ pub struct FakeInstance {
     pub created_at: Instant,
     pub cancelled: bool,
     pub reinstalls: u32,
+    /// Set by [`FakeContabo::boot`]: runs with this address, whatever the boot time.
+    pub booted_ipv4: Option<Ipv4Addr>,
+    /// Set by [`FakeContabo::set_status`]: a status Contabo may report (`error`,
+    /// `pending_payment`, ...), with its `errorMessage`.
+    pub forced_status: Option<(String, String)>,
+}
+
+impl FakeInstance {
+    /// The files its cloud-init writes (`write_files`: path and content), as a machine booting
+    /// it would write them. Reads the document as rendered by `cloud_init`, whose contents are
+    /// JSON-quoted strings on one line.
+    pub fn written_files(&self) -> Vec<(String, String)> {
+        let mut files = Vec::new();
+        let mut path = None;
+        for line in self.user_data.lines() {
+            let line = line.trim();
+            if let Some(p) = line.strip_prefix("- path: ") {
+                path = Some(p.trim().to_owned());
+            } else if let (Some(content), Some(p)) = (line.strip_prefix("content: "), &path) {
+                if let Ok(text) = serde_json::from_str::<String>(content) {
+                    files.push((p.clone(), text));
+                }
+                path = None;
+            }
+        }
+        files
+    }
+
+    /// One written file's content.
+    pub fn written_file(&self, path: &str) -> Option<String> {
+        self.written_files()
+            .into_iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, c)| c)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -181,8 +216,25 @@ impl FakeContabo {
             created_at: Instant::now(),
             cancelled: false,
             reinstalls: 0,
+            booted_ipv4: None,
+            forced_status: None,
         });
         id
+    }
+
+    /// The instance finishes booting now with `ipv4` as its public address (a test that
+    /// runs the node itself gives the address its namespace has).
+    pub fn boot(&self, id: i64, ipv4: Ipv4Addr) {
+        if let Some(i) = self.world().instances.iter_mut().find(|i| i.id == id) {
+            i.booted_ipv4 = Some(ipv4);
+        }
+    }
+
+    /// From now on the instance reports `status` with `message` (`error`, say).
+    pub fn set_status(&self, id: i64, status: &str, message: &str) {
+        if let Some(i) = self.world().instances.iter_mut().find(|i| i.id == id) {
+            i.forced_status = Some((status.to_owned(), message.to_owned()));
+        }
     }
 
     fn next_fault(&self, route: Route) -> Option<Fault> {
@@ -224,13 +276,16 @@ impl FakeContabo {
     }
 
     fn view(&self, instance: &FakeInstance) -> Value {
-        let up = instance.created_at.elapsed() >= self.boot_time;
-        let status = match () {
-            () if instance.cancelled => "running",
-            () if up => "running",
-            () => "provisioning",
+        let up = instance.booted_ipv4.is_some() || instance.created_at.elapsed() >= self.boot_time;
+        let (status, error_message) = match &instance.forced_status {
+            Some((status, message)) => (status.as_str(), message.as_str()),
+            None if up => ("running", ""),
+            None => ("provisioning", ""),
         };
         let n = instance.id % 250 + 1;
+        let ipv4 = instance
+            .booted_ipv4
+            .map_or_else(|| format!("203.0.113.{n}"), |ip| ip.to_string());
         json!({
             "tenantId": "DE",
             "customerId": "54321",
@@ -242,12 +297,12 @@ impl FakeContabo {
             "imageId": instance.image_id,
             "status": status,
             "ipConfig": if up {
-                json!({"v4": {"ip": format!("203.0.113.{n}"), "netmaskCidr": 24, "gateway": "203.0.113.254"},
+                json!({"v4": {"ip": ipv4, "netmaskCidr": 24, "gateway": "203.0.113.254"},
                        "v6": {"ip": format!("2001:db8::{n:x}"), "netmaskCidr": 64, "gateway": "fe80::1"}})
             } else {
                 json!({"v4": {"ip": "", "netmaskCidr": 0, "gateway": ""}, "v6": {"ip": "", "netmaskCidr": 0, "gateway": ""}})
             },
-            "errorMessage": "",
+            "errorMessage": error_message,
             "defaultUser": "root",
             "cancelDate": if instance.cancelled { json!("2026-12-24") } else { Value::Null },
         })

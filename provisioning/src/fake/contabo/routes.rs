@@ -335,6 +335,8 @@ pub(super) async fn create(
             created_at: Instant::now(),
             cancelled: false,
             reinstalls: 0,
+            booted_ipv4: None,
+            forced_status: None,
         };
         world.instances.push(instance.clone());
         drop(world);

@@ -100,6 +100,47 @@ pub struct Settings {
     pub paypal_webhook_id: Option<String>,
     /// Our plan code → PayPal's billing plan id, e.g. `{ personal = "P-5ML4271244454362WXNWU5NQ" }`.
     pub paypal_plans: BTreeMap<String, String>,
+    /// Where new dedicated servers are created when the pool has none: `contabo`, or unset
+    /// (orders then wait for an operator to add a pool server in their region).
+    pub provisioning_provider: Option<String>,
+    /// The gRPC URL new nodes dial (`https://control.example.com:8443`): it goes into their
+    /// cloud-init, so it must be reachable from the internet and named in `grpc_server_names`.
+    pub provisioning_grpc_url: Option<String>,
+    /// The name the agent expects in the control plane's certificate, when the URL's host is
+    /// not it.
+    pub provisioning_grpc_name: Option<String>,
+    /// The agent binary a new node downloads, and its SHA-256 (hex), checked before it runs.
+    pub agent_download_url: Option<String>,
+    pub agent_sha256: Option<String>,
+    /// How often a booting order is looked at (Contabo: 10 to 15 s).
+    pub provisioning_poll_secs: u64,
+    /// From payment to a connected agent; past it the order fails and the operator is told.
+    pub provisioning_deadline_minutes: u64,
+    /// After a create whose answer was lost, how long its name must stay unknown at the
+    /// provider before a second create may be sent.
+    pub provisioning_settle_secs: u64,
+    /// The first pause between create attempts (it doubles up to a minute).
+    pub provisioning_retry_pause_ms: u64,
+    /// Who is mailed when an order fails (unset: it is only logged).
+    pub operator_email: Option<String>,
+    /// Contabo's API (`provisioning_provider = "contabo"`): the password grant's client and
+    /// API user, the product, contract period and image (looked up by name unless an id is
+    /// given), and our region names mapped to Contabo's (empty: the built-in map).
+    pub contabo_auth_url: String,
+    pub contabo_api_url: String,
+    pub contabo_client_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub contabo_client_secret: Option<Secret>,
+    pub contabo_client_secret_file: Option<PathBuf>,
+    pub contabo_api_user: Option<String>,
+    #[serde(skip_serializing)]
+    pub contabo_api_password: Option<Secret>,
+    pub contabo_api_password_file: Option<PathBuf>,
+    pub contabo_product_id: String,
+    pub contabo_period_months: u32,
+    pub contabo_image_id: Option<String>,
+    pub contabo_image_name: String,
+    pub contabo_regions: BTreeMap<String, String>,
 }
 
 /// How the SMTP connection is secured.
@@ -182,6 +223,29 @@ impl Default for Settings {
             paypal_client_secret_file: None,
             paypal_webhook_id: None,
             paypal_plans: BTreeMap::new(),
+            provisioning_provider: None,
+            provisioning_grpc_url: None,
+            provisioning_grpc_name: None,
+            agent_download_url: None,
+            agent_sha256: None,
+            provisioning_poll_secs: 12,
+            provisioning_deadline_minutes: 30,
+            provisioning_settle_secs: 120,
+            provisioning_retry_pause_ms: 5000,
+            operator_email: None,
+            contabo_auth_url: truevault_provisioning::contabo::AUTH_URL.to_owned(),
+            contabo_api_url: truevault_provisioning::contabo::API_URL.to_owned(),
+            contabo_client_id: None,
+            contabo_client_secret: None,
+            contabo_client_secret_file: None,
+            contabo_api_user: None,
+            contabo_api_password: None,
+            contabo_api_password_file: None,
+            contabo_product_id: "V94".to_owned(),
+            contabo_period_months: 1,
+            contabo_image_id: None,
+            contabo_image_name: "ubuntu-24.04".to_owned(),
+            contabo_regions: BTreeMap::new(),
         }
     }
 }
@@ -271,6 +335,16 @@ impl Settings {
             "paypal_client_secret",
             &mut self.paypal_client_secret,
             self.paypal_client_secret_file.as_deref(),
+        )?;
+        read_secret_file(
+            "contabo_client_secret",
+            &mut self.contabo_client_secret,
+            self.contabo_client_secret_file.as_deref(),
+        )?;
+        read_secret_file(
+            "contabo_api_password",
+            &mut self.contabo_api_password,
+            self.contabo_api_password_file.as_deref(),
         )
     }
 
@@ -341,6 +415,7 @@ impl Settings {
                     .to_owned(),
             );
         }
+        self.validate_provisioning(&mut problems);
         if self.max_body_bytes < 1024 {
             problems.push("max_body_bytes must be at least 1024".to_owned());
         }
@@ -348,6 +423,72 @@ impl Settings {
             Ok(())
         } else {
             Err(Error::Config(problems.join("; ")))
+        }
+    }
+
+    fn validate_provisioning(&self, problems: &mut Vec<String>) {
+        if self
+            .operator_email
+            .as_deref()
+            .is_some_and(|m| m.parse::<lettre::Address>().is_err())
+        {
+            problems.push("operator_email must be an email address".to_owned());
+        }
+        if self.provisioning_poll_secs == 0 || self.provisioning_deadline_minutes == 0 {
+            problems.push(
+                "provisioning_poll_secs and provisioning_deadline_minutes must be greater than 0"
+                    .to_owned(),
+            );
+        }
+        let Some(provider) = self.provisioning_provider.as_deref() else {
+            return;
+        };
+        if provider != "contabo" {
+            problems.push("provisioning_provider must be \"contabo\" (or unset)".to_owned());
+            return;
+        }
+        let mut missing = Vec::new();
+        for (name, set) in [
+            (
+                "provisioning_grpc_url",
+                self.provisioning_grpc_url.is_some(),
+            ),
+            ("agent_download_url", self.agent_download_url.is_some()),
+            ("agent_sha256", self.agent_sha256.is_some()),
+            ("contabo_client_id", self.contabo_client_id.is_some()),
+            (
+                "contabo_client_secret",
+                self.contabo_client_secret.is_some(),
+            ),
+            ("contabo_api_user", self.contabo_api_user.is_some()),
+            ("contabo_api_password", self.contabo_api_password.is_some()),
+        ] {
+            if !set {
+                missing.push(name);
+            }
+        }
+        if !missing.is_empty() {
+            problems.push(format!(
+                "provisioning_provider = \"contabo\" needs {}",
+                missing.join(", ")
+            ));
+        }
+        if self
+            .provisioning_grpc_url
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("https://"))
+        {
+            problems.push("provisioning_grpc_url must start with https://".to_owned());
+        }
+        if self
+            .agent_sha256
+            .as_deref()
+            .is_some_and(|h| h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            problems.push("agent_sha256 must be 64 hex digits".to_owned());
+        }
+        if ![1, 3, 6, 12].contains(&self.contabo_period_months) {
+            problems.push("contabo_period_months must be 1, 3, 6 or 12".to_owned());
         }
     }
 
@@ -377,8 +518,17 @@ impl Settings {
         if self.smtp_password.is_some() {
             text.push_str("# smtp_password = <set, redacted>\n");
         }
-        if self.paypal_client_secret.is_some() {
-            text.push_str("# paypal_client_secret = <set, redacted>\n");
+        for (name, set) in [
+            ("paypal_client_secret", self.paypal_client_secret.is_some()),
+            (
+                "contabo_client_secret",
+                self.contabo_client_secret.is_some(),
+            ),
+            ("contabo_api_password", self.contabo_api_password.is_some()),
+        ] {
+            if set {
+                text.push_str(&format!("# {name} = <set, redacted>\n"));
+            }
         }
         Ok(text)
     }
@@ -425,107 +575,4 @@ fn path_value(path: &Path) -> Result<toml::Value> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn defaults_need_no_file() {
-        let s = Settings::load_from(None, &BTreeMap::new(), &Overrides::default()).unwrap();
-        assert_eq!(s.http_listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.grpc_listen.to_string(), "127.0.0.1:8443");
-        assert!(s.database_url().starts_with("sqlite://./data/truevault.db"));
-    }
-
-    #[test]
-    fn file_then_env_then_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
-            "trial_days = 3\njwt_issuer = \"file\"\nlogin_max_failures = 9\n",
-        )
-        .unwrap();
-        let e = env(&[
-            ("TRUEVAULT_TRIAL_DAYS", "5"),
-            ("TRUEVAULT_JWT_ISSUER", "12345"),
-            ("TRUEVAULT_TRUSTED_PROXIES", "10.1.2.3, ::1"),
-            ("TRUEVAULT_HTTP_LISTEN", "127.0.0.1:1"),
-            ("TRUEVAULT_LOG", "debug"),
-            ("TRUEVAULT_TEST_POSTGRES_URL", "x"),
-        ]);
-        let flags = Overrides {
-            http_listen: Some("127.0.0.1:2".parse().unwrap()),
-            ..Overrides::default()
-        };
-        let s = Settings::load_from(Some(&file), &e, &flags).unwrap();
-        assert_eq!(s.trial_days, 5);
-        assert_eq!(s.jwt_issuer, "12345");
-        assert_eq!(s.login_max_failures, 9);
-        assert_eq!(s.trusted_proxies.len(), 2);
-        assert_eq!(s.http_listen.to_string(), "127.0.0.1:2");
-    }
-
-    #[test]
-    fn unknown_and_invalid_settings_are_errors() {
-        let err = Settings::load_from(
-            None,
-            &env(&[("TRUEVAULT_NO_SUCH_THING", "1")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("no_such_thing"), "{err}");
-        let err = Settings::load_from(
-            None,
-            &env(&[("TRUEVAULT_TRIAL_DAYS", "0")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("trial_days"), "{err}");
-        let err = Settings::load_from(
-            None,
-            &env(&[("TRUEVAULT_PAYPAL_CLIENT_ID", "AZ123")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("paypal_client_secret"), "{err}");
-        let s = Settings::load_from(
-            None,
-            &env(&[
-                ("TRUEVAULT_PAYPAL_CLIENT_ID", "AZ123"),
-                ("TRUEVAULT_PAYPAL_CLIENT_SECRET", "shh"),
-                ("TRUEVAULT_PAYPAL_WEBHOOK_ID", "WH-1"),
-                ("TRUEVAULT_PAYPAL_PLANS", "{ personal = \"P-1\" }"),
-            ]),
-            &Overrides::default(),
-        )
-        .unwrap();
-        assert_eq!(
-            s.paypal_plans.get("personal").map(String::as_str),
-            Some("P-1")
-        );
-        assert!(!s.to_redacted_toml().unwrap().contains("shh"));
-    }
-
-    #[test]
-    fn database_url_from_file_is_secret() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("db");
-        std::fs::write(&file, "postgres://u:pw@db/x\n").unwrap();
-        let s = Settings::load_from(
-            None,
-            &env(&[("TRUEVAULT_DATABASE_URL_FILE", file.to_str().unwrap())]),
-            &Overrides::default(),
-        )
-        .unwrap();
-        assert_eq!(s.database_url(), "postgres://u:pw@db/x");
-        assert!(!format!("{s:?}").contains("pw@"));
-        assert!(!s.to_redacted_toml().unwrap().contains("pw@"));
-    }
-}
+mod tests;

@@ -1,0 +1,534 @@
+//! What the order runner does in each state of an order (the seed's
+//! `provision_dedicated_server`, without SSH):
+//!
+//! - `pending`: a pool server in the region if one waits; otherwise the order's server row is
+//!   made (type `dedicated`, owned by the buyer, `provisioning`) with the provider-side name
+//!   `tv-order-<id>`, and the deadline starts.
+//! - `provisioning`: the instance is created at most once (`create_once`: its name is looked
+//!   up before any create) with a cloud-init carrying a fresh single-use enrollment token, then
+//!   polled until it runs with a public IPv4, which becomes the server's endpoint.
+//! - `configuring`: done when the node's agent has enrolled and is online; the buyer gets the
+//!   ready mail, and placement puts their devices on the server from then on.
+//!
+//! Past the deadline, or when the provider reports a state only a person can fix, the order
+//! fails with its reason; the buyer and the operator are mailed, and an operator can retry it.
+//! Every write re-checks this process's lease, so a stalled runner cannot overwrite the work
+//! of the one that took over.
+
+use serde_json::json;
+use truevault_provisioning::cloud_init::{self, NodeBootstrap};
+use truevault_provisioning::{CreateInstance, create_once};
+
+use crate::audit::{self, Actor};
+use crate::automation::outbox::{self, OutgoingMail};
+use crate::clock::{MINUTE, Millis};
+use crate::devices::addresses::random_ula64;
+use crate::error::{Error, Result};
+use crate::nodes::enrollment;
+use crate::servers::country_of;
+
+use super::orders;
+use super::runner::{OrderRunner, Provisioning};
+
+/// An open order as the runner reads it.
+#[derive(Debug)]
+struct Open {
+    id: i64,
+    user_id: i64,
+    status: String,
+    region: String,
+    server_id: Option<i64>,
+    display_name: Option<String>,
+    instance_id: Option<String>,
+    deadline_at: Option<Millis>,
+    attempt: i64,
+}
+
+/// Whether the order moved to another state (and the next step runs at once) or waits.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Moved,
+    Waits,
+}
+
+type OpenRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    i64,
+);
+
+impl OrderRunner {
+    /// Takes a leased order as far as it can go now.
+    pub(super) async fn advance(&self, id: i64) -> Result<()> {
+        // pending → provisioning → configuring → completed is at most three moves.
+        for _ in 0..4 {
+            let Some(order) = self.load(id).await? else {
+                return Ok(()); // closed, or no longer ours
+            };
+            let step = match order.status.as_str() {
+                "pending" => self.start(&order).await?,
+                "provisioning" => self.boot(&order).await?,
+                "configuring" => self.connect(&order).await?,
+                _ => Step::Waits,
+            };
+            if step == Step::Waits {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&self, id: i64) -> Result<Option<Open>> {
+        let row: Option<OpenRow> = sqlx::query_as(
+            "SELECT user_id, status, region_preference, vpn_server_id, provider_display_name,
+                    provider_instance_id, deadline_at, attempt
+             FROM server_provisioning_queue WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(&self.worker_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(
+            |(
+                user_id,
+                status,
+                region,
+                server_id,
+                display_name,
+                instance_id,
+                deadline_at,
+                attempt,
+            )| {
+                Open {
+                    id,
+                    user_id,
+                    status,
+                    region: region.unwrap_or_default(),
+                    server_id,
+                    display_name,
+                    instance_id,
+                    deadline_at,
+                    attempt,
+                }
+            },
+        ))
+    }
+
+    fn past_deadline(&self, order: &Open) -> bool {
+        order.deadline_at.is_some_and(|d| self.clock.now_ms() >= d)
+    }
+
+    /// `pending`: a pool server, else the order's own server row and name.
+    async fn start(&self, order: &Open) -> Result<Step> {
+        let now = self.clock.now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let served = orders::serve_from_pool(
+            tx.conn(),
+            self.db.engine(),
+            order.id,
+            order.user_id,
+            &order.region,
+            now,
+        )
+        .await?;
+        if served.is_some() {
+            let view = orders::get(tx.conn(), order.id).await?;
+            if view.status == "completed" {
+                orders::notify_ready(tx.conn(), &view, now).await?;
+            }
+            tx.commit().await?;
+            return Ok(Step::Moved);
+        }
+        let Some(provisioning) = &self.settings.provisioning else {
+            tx.rollback().await?;
+            self.park(order.id, None).await?;
+            return Ok(Step::Waits);
+        };
+        let name = format!("tv-order-{}", order.id);
+        let known_country: Option<(String,)> =
+            sqlx::query_as("SELECT country FROM vpn_servers WHERE region = $1 LIMIT 1")
+                .bind(&order.region)
+                .fetch_optional(tx.conn())
+                .await?;
+        let country = country_of(&order.region)
+            .map(str::to_owned)
+            .or(known_country.map(|(c,)| c))
+            .unwrap_or_else(|| order.region.clone());
+        // No endpoint yet: placement needs the node's key, which it only has once enrolled,
+        // and the address is set before that, when the instance reports it.
+        let (server_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO vpn_servers (uuid, name, provider, region, country, endpoint_host, ipv4_subnet,
+                                      ipv6_subnet, server_type, dedicated_user_id, status, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, '', '10.8.0.0/16', $6, 'dedicated', $7, 'provisioning', $8, $8)
+             RETURNING id",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&name)
+        .bind(&provisioning.provider_name)
+        .bind(&order.region)
+        .bind(&country)
+        .bind(random_ula64())
+        .bind(order.user_id)
+        .bind(now)
+        .fetch_one(tx.conn())
+        .await?;
+        sqlx::query("UPDATE users SET dedicated_server_id = $1, updated_at = $2 WHERE id = $3")
+            .bind(server_id)
+            .bind(now)
+            .bind(order.user_id)
+            .execute(tx.conn())
+            .await?;
+        let moved = sqlx::query(
+            "UPDATE server_provisioning_queue
+             SET status = 'provisioning', vpn_server_id = $1, provider = $2, provider_display_name = $3,
+                 deadline_at = COALESCE(deadline_at, $4), started_at = COALESCE(started_at, $5), updated_at = $5
+             WHERE id = $6 AND status = 'pending' AND lease_owner = $7",
+        )
+        .bind(server_id)
+        .bind(&provisioning.provider_name)
+        .bind(&name)
+        .bind(now + self.settings.deadline)
+        .bind(now)
+        .bind(order.id)
+        .bind(&self.worker_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            tx.commit().await?;
+            tracing::info!(order = order.id, server = server_id, %name, "creating a dedicated server");
+        } else {
+            tx.rollback().await?; // a pool server took it meanwhile, or the lease was lost
+        }
+        Ok(Step::Moved)
+    }
+
+    /// `provisioning`: the instance, created once, until it runs with an address.
+    async fn boot(&self, order: &Open) -> Result<Step> {
+        if self.past_deadline(order) {
+            return self
+                .fail(order, "the new server did not come up before the deadline")
+                .await;
+        }
+        let Some(provisioning) = &self.settings.provisioning else {
+            // Settings changed since the order started: it waits for them.
+            self.park(order.id, None).await?;
+            return Ok(Step::Waits);
+        };
+        let server_id = order
+            .server_id
+            .ok_or_else(|| Error::internal(format!("order {} has no server row", order.id)))?;
+        let instance_id = match &order.instance_id {
+            Some(id) => id.clone(),
+            None => match self.create(order, provisioning, server_id).await? {
+                Some(id) => id,
+                None => return Ok(Step::Waits),
+            },
+        };
+        let instance = match provisioning.provider.get(&instance_id).await {
+            Ok(instance) => instance,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(order = order.id, error = %e, "cannot look at the instance now");
+                self.park(order.id, None).await?;
+                return Ok(Step::Waits);
+            }
+            Err(e) => {
+                let reason = format!("looking at instance {instance_id}: {e}");
+                return self.fail(order, &reason).await;
+            }
+        };
+        if instance.status.is_terminal_failure() {
+            let reason = format!(
+                "the provider reports instance {instance_id} as {:?}{}",
+                instance.status,
+                instance
+                    .error_message
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+            return self.fail(order, &reason).await;
+        }
+        let Some(ipv4) = instance.ipv4.filter(|_| instance.is_up()) else {
+            self.park(order.id, None).await?;
+            return Ok(Step::Waits);
+        };
+        let now = self.clock.now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let moved = sqlx::query(
+            "UPDATE server_provisioning_queue SET status = 'configuring', ip_address = $1, updated_at = $2
+             WHERE id = $3 AND status = 'provisioning' AND lease_owner = $4",
+        )
+        .bind(ipv4.to_string())
+        .bind(now)
+        .bind(order.id)
+        .bind(&self.worker_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE vpn_servers SET endpoint_host = $1, updated_at = $2 WHERE id = $3")
+            .bind(ipv4.to_string())
+            .bind(now)
+            .bind(server_id)
+            .execute(tx.conn())
+            .await?;
+        if moved == 1 {
+            tx.commit().await?;
+            tracing::info!(order = order.id, %ipv4, "the instance runs; waiting for its agent");
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(Step::Moved)
+    }
+
+    /// Creates the order's instance (or finds the one an earlier attempt made) and records
+    /// its id. `None` when the order waits (a transient failure) or failed.
+    async fn create(
+        &self,
+        order: &Open,
+        provisioning: &Provisioning,
+        server_id: i64,
+    ) -> Result<Option<String>> {
+        let name = order
+            .display_name
+            .clone()
+            .unwrap_or_else(|| format!("tv-order-{}", order.id));
+        let user_data = match self
+            .user_data(order, provisioning, server_id, &name)
+            .await?
+        {
+            Ok(document) => document,
+            Err(reason) => {
+                self.fail(order, &reason).await?;
+                return Ok(None);
+            }
+        };
+        let request = CreateInstance {
+            display_name: name,
+            region: order.region.clone(),
+            user_data,
+            trace_id: Some(format!("order-{}", order.id)),
+        };
+        let instance = match create_once(
+            provisioning.provider.as_ref(),
+            &request,
+            provisioning.create_policy,
+        )
+        .await
+        {
+            Ok(instance) => instance,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(order = order.id, error = %e, "the instance is not created yet");
+                self.park(order.id, None).await?;
+                return Ok(None);
+            }
+            Err(e) => {
+                let reason = format!("creating the server at {}: {e}", provisioning.provider_name);
+                self.fail(order, &reason).await?;
+                return Ok(None);
+            }
+        };
+        let now = self.clock.now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let recorded = sqlx::query(
+            "UPDATE server_provisioning_queue SET provider_instance_id = $1, updated_at = $2
+             WHERE id = $3 AND lease_owner = $4",
+        )
+        .bind(&instance.id)
+        .bind(now)
+        .bind(order.id)
+        .bind(&self.worker_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE vpn_servers SET provider = $1, provider_instance_id = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(&provisioning.provider_name)
+        .bind(&instance.id)
+        .bind(now)
+        .bind(server_id)
+        .execute(tx.conn())
+        .await?;
+        if recorded == 0 {
+            // Whoever holds the order now finds the instance by its name.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        tracing::info!(order = order.id, instance = %instance.id, "instance created");
+        Ok(Some(instance.id))
+    }
+
+    /// The node's cloud-init, with a fresh single-use enrollment token valid until the
+    /// deadline. `Err` holds why it cannot be made (settings), which fails the order.
+    async fn user_data(
+        &self,
+        order: &Open,
+        provisioning: &Provisioning,
+        server_id: i64,
+        hostname: &str,
+    ) -> Result<std::result::Result<String, String>> {
+        let now = self.clock.now_ms();
+        let (ipv4_subnet, ipv6_subnet): (String, Option<String>) =
+            sqlx::query_as("SELECT ipv4_subnet, ipv6_subnet FROM vpn_servers WHERE id = $1")
+                .bind(server_id)
+                .fetch_one(self.db.pool())
+                .await?;
+        let ttl = order
+            .deadline_at
+            .map_or(self.settings.deadline, |d| d - now)
+            .max(10 * MINUTE);
+        let token = enrollment::issue(&self.db, server_id, ttl, Actor::System, None, now).await?;
+        let boot = &provisioning.bootstrap;
+        let node = NodeBootstrap {
+            hostname: hostname.to_owned(),
+            control_plane_url: boot.control_plane_url.clone(),
+            control_plane_name: boot.control_plane_name.clone(),
+            ca_pem: boot.ca_pem.clone(),
+            enrollment_token: truevault_provisioning::Secret::new(token.token.expose()),
+            interface: boot.interface.clone(),
+            agent_url: boot.agent_url.clone(),
+            agent_sha256: boot.agent_sha256.clone(),
+            tunnel_ipv4: ipv4_subnet,
+            tunnel_ipv6: ipv6_subnet,
+        };
+        Ok(cloud_init::render(&node).map_err(|e| e.to_string()))
+    }
+
+    /// `configuring`: done once the node's agent is enrolled and online.
+    async fn connect(&self, order: &Open) -> Result<Step> {
+        let server: Option<(String, Option<String>)> = match order.server_id {
+            Some(id) => {
+                sqlx::query_as("SELECT status, wg_public_key FROM vpn_servers WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.db.pool())
+                    .await?
+            }
+            None => None,
+        };
+        let Some((status, key)) = server else {
+            return self.fail(order, "the order's server is gone").await;
+        };
+        if status != "online" || key.is_none() {
+            if self.past_deadline(order) {
+                return self
+                    .fail(order, "the node agent did not connect before the deadline")
+                    .await;
+            }
+            self.park(order.id, None).await?;
+            return Ok(Step::Waits);
+        }
+        let now = self.clock.now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE server_provisioning_queue
+             SET status = 'completed', completed_at = $1, next_run_at = NULL, lease_owner = NULL,
+                 lease_until = NULL, updated_at = $1
+             WHERE id = $2 AND status = 'configuring' AND lease_owner = $3",
+        )
+        .bind(now)
+        .bind(order.id)
+        .bind(&self.worker_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        if done == 0 {
+            tx.rollback().await?;
+            return Ok(Step::Waits);
+        }
+        let view = orders::get(tx.conn(), order.id).await?;
+        orders::notify_ready(tx.conn(), &view, now).await?;
+        tx.commit().await?;
+        tracing::info!(order = order.id, "dedicated server handed over");
+        Ok(Step::Waits)
+    }
+
+    /// Fails the order with `reason`; the buyer and the operator are mailed, once per attempt.
+    async fn fail(&self, order: &Open, reason: &str) -> Result<Step> {
+        let now = self.clock.now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let failed = sqlx::query(
+            "UPDATE server_provisioning_queue
+             SET status = 'failed', error_message = $1, next_run_at = NULL, lease_owner = NULL,
+                 lease_until = NULL, updated_at = $2
+             WHERE id = $3 AND lease_owner = $4 AND status IN ('pending', 'provisioning', 'configuring')",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(order.id)
+        .bind(&self.worker_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        if failed == 0 {
+            tx.rollback().await?;
+            return Ok(Step::Waits);
+        }
+        let (email, first_name): (String, String) =
+            sqlx::query_as("SELECT email, first_name FROM users WHERE id = $1")
+                .bind(order.user_id)
+                .fetch_one(tx.conn())
+                .await?;
+        outbox::enqueue(
+            tx.conn(),
+            OutgoingMail {
+                to: &email,
+                user_id: Some(order.user_id),
+                template: "dedicated_delayed",
+                context: json!({ "first_name": first_name, "region": order.region }),
+                dedupe_key: Some(format!("dedicated_delayed:{}:{}", order.id, order.attempt)),
+            },
+            now,
+        )
+        .await?;
+        match &self.settings.operator_email {
+            Some(operator) => {
+                outbox::enqueue(
+                    tx.conn(),
+                    OutgoingMail {
+                        to: operator,
+                        user_id: None,
+                        template: "order_failed",
+                        context: json!({
+                            "first_name": first_name,
+                            "email": email,
+                            "order_id": order.id,
+                            "region": order.region,
+                            "reason": reason,
+                            "instance": order.instance_id,
+                            "was": order.status,
+                        }),
+                        dedupe_key: Some(format!("order_failed:{}:{}", order.id, order.attempt)),
+                    },
+                    now,
+                )
+                .await?;
+            }
+            None => tracing::warn!(
+                order = order.id,
+                "no operator_email is set: nobody is mailed about this failure"
+            ),
+        }
+        audit::record(
+            tx.conn(),
+            audit::Entry {
+                actor: Actor::System,
+                action: "order.failed",
+                target_type: Some("order"),
+                target_id: Some(order.id.to_string()),
+                details: json!({ "reason": reason, "was": order.status }),
+                ip: None,
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::error!(order = order.id, %reason, "dedicated-server order failed");
+        Ok(Step::Waits)
+    }
+}

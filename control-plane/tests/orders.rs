@@ -1,0 +1,412 @@
+//! The order runner against a fake Contabo and a fake PayPal on loopback: orders the pool
+//! cannot serve get a new instance (created once, however the run is interrupted), which
+//! enrolls with the token from its own cloud-init; past the deadline an order fails, both the
+//! buyer and the operator are told, and an operator's retry resumes it without a second create.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::node::{client, node_key_and_csr, pem};
+use common::paypal::{activation, app_with_paypal, deliver_signed, sale_completed};
+use common::{Engine, TestApp, error_code};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use truevault_control_plane::billing::fake_paypal::FakePayPal;
+use truevault_proto::v1::{AgentMessage, EnrollRequest, Hello, agent_message};
+use truevault_provisioning::fake::contabo::{self as fake_contabo, FakeContabo, Fault, Route};
+
+engine_tests!(
+    simultaneous_purchases_with_one_pool_server_get_it_and_a_new_instance,
+    a_late_order_fails_tells_buyer_and_operator_and_a_retry_resumes_it,
+    an_interrupted_run_is_resumed_by_another_process_without_a_second_create,
+);
+
+const OPERATOR: &str = "ops@truevault.example";
+const POLL: Duration = Duration::from_secs(12);
+
+async fn app(engine: Engine, paypal: &FakePayPal, contabo: &FakeContabo) -> TestApp {
+    let (auth, api) = (contabo.auth_url(), contabo.api_url());
+    app_with_paypal(engine, paypal, move |s| {
+        s.provisioning_provider = Some("contabo".into());
+        s.provisioning_grpc_url = Some("https://control.truevault.example:8443".into());
+        s.agent_download_url = Some("https://downloads.truevault.example/truevault-agent".into());
+        s.agent_sha256 = Some("ab".repeat(32));
+        s.contabo_auth_url = auth;
+        s.contabo_api_url = api;
+        s.contabo_client_id = Some(fake_contabo::CLIENT_ID.into());
+        s.contabo_client_secret = Some(truevault_control_plane::secret::Secret::new(
+            fake_contabo::CLIENT_SECRET,
+        ));
+        s.contabo_api_user = Some(fake_contabo::API_USER.into());
+        s.contabo_api_password = Some(truevault_control_plane::secret::Secret::new(
+            fake_contabo::API_PASSWORD,
+        ));
+        s.provisioning_settle_secs = 2;
+        s.provisioning_retry_pause_ms = 200;
+        s.operator_email = Some(OPERATOR.into());
+    })
+    .await
+}
+
+/// Never boots by itself: the tests say when an instance runs, and with which address.
+async fn contabo() -> FakeContabo {
+    FakeContabo::start(Duration::from_secs(24 * 3600), Duration::from_secs(300)).await
+}
+
+/// A customer buys a dedicated server in `region` through checkout and PayPal's webhooks (not
+/// yet processed). Returns their token.
+async fn buy(app: &TestApp, paypal: &FakePayPal, email: &str, region: &str) -> String {
+    let (_, token) = app.customer(email).await;
+    let (status, checkout) = app
+        .post_auth(
+            "/api/v1/billing/checkout",
+            &token,
+            Some(json!({ "plan": "dedicated", "region": region })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{checkout}");
+    let subscription = checkout["subscription_id"].as_str().unwrap();
+    deliver_signed(
+        app,
+        paypal,
+        &activation(&format!("A-{email}"), subscription),
+    )
+    .await;
+    let sale = sale_completed(
+        &format!("S-{email}"),
+        &format!("SALE-{email}"),
+        subscription,
+        "49.99",
+    );
+    deliver_signed(app, paypal, &sale).await;
+    token
+}
+
+/// The buyer's order, as operators see it.
+async fn order_of(app: &TestApp, admin: &str, email: &str) -> Value {
+    let (user_id,): (i64,) = sqlx::query_as("SELECT id FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+    let (_, orders) = app.get_auth("/api/v1/admin/orders", admin).await;
+    orders
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["user_id"] == user_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no order for {email}: {orders}"))
+}
+
+/// What the booted machine does: enrolls with the token its cloud-init wrote and connects.
+/// Returns the open stream's sender (the node stays online while it is held).
+async fn boot_node(
+    app: &TestApp,
+    instance: &fake_contabo::FakeInstance,
+) -> tokio::sync::mpsc::Sender<AgentMessage> {
+    let token = instance
+        .written_file("/etc/truevault/enrollment-token")
+        .expect("the cloud-init writes the enrollment token");
+    let config = instance
+        .written_file("/etc/truevault/agent.toml")
+        .expect("and the agent's settings");
+    assert!(
+        config.contains("control_plane_url = \"https://control.truevault.example:8443\""),
+        "{config}"
+    );
+    let ca = instance.written_file("/etc/truevault/ca.pem").unwrap();
+    assert_eq!(
+        ca,
+        std::fs::read_to_string(app.settings.data_dir.join("node-ca.pem")).unwrap()
+    );
+    let (key, csr) = node_key_and_csr();
+    let enrolled = client(app, None)
+        .await
+        .unwrap()
+        .enroll(EnrollRequest {
+            token,
+            csr_der: csr,
+            wireguard_public_key: common::base64_key(200),
+            hostname: instance.display_name.clone(),
+            agent_version: "test".into(),
+        })
+        .await
+        .expect("the token from the cloud-init enrolls")
+        .into_inner();
+    let identity = (
+        pem("CERTIFICATE", &enrolled.certificate_der),
+        key.serialize_pem(),
+    );
+    let mut node = client(app, Some(identity)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(AgentMessage {
+        body: Some(agent_message::Body::Hello(Hello {
+            applied_revision: 0,
+            interface: None,
+            agent_version: "test".into(),
+            heartbeat_interval_ms: 60_000,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = node
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    tx
+}
+
+async fn server_status(app: &TestApp, id: i64) -> (String, String) {
+    sqlx::query_as("SELECT status, endpoint_host FROM vpn_servers WHERE id = $1")
+        .bind(id)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap()
+}
+
+async fn simultaneous_purchases_with_one_pool_server_get_it_and_a_new_instance(engine: Engine) {
+    let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
+    let app = app(engine, &paypal, &contabo).await;
+    let admin = app.admin_token().await;
+    let pooled = app.add_server("pool-us-1", "us-east", 70).await;
+    let (status, _) = app
+        .post_auth(
+            "/api/v1/admin/pool",
+            &admin,
+            Some(json!({ "server_id": pooled["id"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Two buyers pay at the same moment; two control-plane processes work the payments.
+    let (first, second) = tokio::join!(
+        buy(&app, &paypal, "first@example.com", "us-east"),
+        buy(&app, &paypal, "second@example.com", "us-east"),
+    );
+    let replica = app.replica().await;
+    tokio::join!(app.run_tasks(), replica.run_tasks());
+    let a = order_of(&app, &admin, "first@example.com").await;
+    let b = order_of(&app, &admin, "second@example.com").await;
+    // (email, token, order) of the buyer who got the pool server, and of the other.
+    let (pool_buyer, waiting) = if a["status"] == "completed" {
+        (
+            ("first@example.com", first, a),
+            ("second@example.com", second, b),
+        )
+    } else {
+        (
+            ("second@example.com", second, b),
+            ("first@example.com", first, a),
+        )
+    };
+    assert_eq!(pool_buyer.2["server_id"], pooled["id"], "{}", pool_buyer.2);
+    assert_eq!(waiting.2["status"], "pending", "{}", waiting.2);
+    let order_id = waiting.2["id"].as_i64().unwrap();
+
+    // The runner creates an instance for the other order, named after it.
+    assert_eq!(app.state.orders().run_due().await.unwrap(), 1);
+    assert_eq!(
+        replica.state.orders().run_due().await.unwrap(),
+        0,
+        "not due again before the next poll"
+    );
+    let name = format!("tv-order-{order_id}");
+    let created = contabo.named(&name);
+    assert_eq!(created.len(), 1, "{:?}", contabo.instances());
+    assert_eq!(contabo.instances().len(), 1);
+    assert_eq!(created[0].region, "US-east");
+    assert_eq!(created[0].image_id, fake_contabo::UBUNTU_IMAGE);
+    let order = order_of(&app, &admin, waiting.0).await;
+    assert_eq!(order["status"], "provisioning", "{order}");
+    assert_eq!(order["provider_display_name"], name.as_str());
+    assert_eq!(order["provider_instance_id"], created[0].id.to_string());
+    let server_id = order["server_id"].as_i64().unwrap();
+    assert_eq!(server_status(&app, server_id).await.0, "provisioning");
+
+    // It runs with an address: the server's endpoint; the order waits for the agent.
+    contabo.boot(created[0].id, Ipv4Addr::new(198, 51, 100, 20));
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    let order = order_of(&app, &admin, waiting.0).await;
+    assert_eq!(order["status"], "configuring", "{order}");
+    assert_eq!(order["ip_address"], "198.51.100.20");
+    assert_eq!(server_status(&app, server_id).await.1, "198.51.100.20");
+
+    // The machine enrolls with its cloud-init's token and connects: the order completes.
+    let _node = boot_node(&app, &contabo.named(&name)[0]).await;
+    for _ in 0..100 {
+        if server_status(&app, server_id).await.0 == "online" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    let order = order_of(&app, &admin, waiting.0).await;
+    assert_eq!(order["status"], "completed", "{order}");
+    let ready = app.last_mail(waiting.0, "dedicated_ready").await;
+    assert_eq!(ready["address"], "198.51.100.20", "{ready}");
+    assert_eq!(ready["location"], "us-east (USA)", "{ready}");
+
+    // Each buyer's devices land on their own server.
+    for (token, server) in [
+        (&waiting.1, server_id),
+        (&pool_buyer.1, pooled["id"].as_i64().unwrap()),
+    ] {
+        let (status, device) = app
+            .post_auth(
+                "/api/v1/devices",
+                token,
+                Some(json!({ "public_key": common::base64_key(server as u8 + 100) })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{device}");
+        let (uuid,): (String,) = sqlx::query_as("SELECT uuid FROM vpn_servers WHERE id = $1")
+            .bind(server)
+            .fetch_one(app.db().pool())
+            .await
+            .unwrap();
+        assert_eq!(device["device"]["server"]["id"], uuid.as_str());
+    }
+    assert_eq!(contabo.calls(Route::Create), 1);
+}
+
+async fn a_late_order_fails_tells_buyer_and_operator_and_a_retry_resumes_it(engine: Engine) {
+    let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
+    let app = app(engine, &paypal, &contabo).await;
+    let admin = app.admin_token().await;
+    let buyer = buy(&app, &paypal, "late@example.com", "eu-de").await;
+    app.run_tasks().await;
+    app.state.orders().run_due().await.unwrap();
+    let order = order_of(&app, &admin, "late@example.com").await;
+    let id = order["id"].as_i64().unwrap();
+    assert_eq!(order["status"], "provisioning", "{order}");
+    let instance = contabo.instances()[0].clone();
+    assert_eq!(instance.region, "EU");
+
+    // Nothing else may retry a running order, and only operators may retry at all.
+    let retry = format!("/api/v1/admin/orders/{id}/retry");
+    let (status, body) = app.post_auth(&retry, &admin, None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "order_not_failed")
+    );
+    let (status, _) = app.post_auth(&retry, &buyer, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = app.post_auth(&retry, "not-a-token", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app
+        .post_auth("/api/v1/admin/orders/999999/retry", &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The instance never comes up: at the deadline the order fails, and both are told.
+    app.advance(Duration::from_secs(31 * 60));
+    app.state.orders().run_due().await.unwrap();
+    let admin = app.admin_token().await;
+    let order = order_of(&app, &admin, "late@example.com").await;
+    assert_eq!(order["status"], "failed", "{order}");
+    assert!(
+        order["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{order}"
+    );
+    assert!(
+        app.mail_templates("late@example.com")
+            .await
+            .contains(&"dedicated_delayed".to_owned())
+    );
+    let alert = app.last_mail(OPERATOR, "order_failed").await;
+    assert_eq!(alert["order_id"], id);
+    assert_eq!(alert["email"], "late@example.com");
+    assert_eq!(alert["instance"], instance.id.to_string());
+    assert_eq!(
+        app.state.orders().run_due().await.unwrap(),
+        0,
+        "failed stays failed"
+    );
+
+    // The operator retries: the order looks at the same instance again, never a new one.
+    let (status, retried) = app.post_auth(&retry, &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["status"], "provisioning");
+    assert_eq!(retried["attempt"], 1);
+    assert!(retried["error_message"].is_null());
+    app.state.orders().run_due().await.unwrap();
+    // Contabo reports an error on the instance: the order fails at once, with the reason.
+    contabo.set_status(instance.id, "error", "installation failed");
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    let order = order_of(&app, &admin, "late@example.com").await;
+    assert_eq!(order["status"], "failed", "{order}");
+    let reason = order["error_message"].as_str().unwrap();
+    assert!(reason.contains("installation failed"), "{reason}");
+    let alerts: i64 = {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM mail_outbox WHERE to_address = $1 AND template = 'order_failed'",
+        )
+        .bind(OPERATOR)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+        n
+    };
+    assert_eq!(alerts, 2, "one alert per attempt");
+    assert_eq!(contabo.calls(Route::Create), 1);
+    assert_eq!(contabo.instances().len(), 1);
+}
+
+async fn an_interrupted_run_is_resumed_by_another_process_without_a_second_create(engine: Engine) {
+    let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
+    let app = app(engine, &paypal, &contabo).await;
+    let admin = app.admin_token().await;
+    buy(&app, &paypal, "resume@example.com", "us-east").await;
+    app.run_tasks().await;
+
+    // The create is slow; the process running it stops mid-call (its lease stays behind).
+    contabo.inject(Route::Create, [Fault::Slow(Duration::from_millis(1500))]);
+    let runner = app.state.orders().clone();
+    let stopped = tokio::spawn(async move { runner.run_due().await });
+    for _ in 0..100 {
+        if contabo.calls(Route::Create) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stopped.abort();
+    let order = order_of(&app, &admin, "resume@example.com").await;
+    assert_eq!(order["status"], "provisioning", "{order}");
+    assert!(order["provider_instance_id"].is_null());
+    // The provider carries the create out anyway.
+    let name = order["provider_display_name"].as_str().unwrap().to_owned();
+    for _ in 0..100 {
+        if contabo.named(&name).len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Another process waits for the lease to lapse, then finds the instance by its name.
+    let other = app.replica().await;
+    assert_eq!(other.state.orders().run_due().await.unwrap(), 0);
+    app.advance(Duration::from_secs(61));
+    assert_eq!(other.state.orders().run_due().await.unwrap(), 1);
+    let order = order_of(&app, &admin, "resume@example.com").await;
+    let instances = contabo.named(&name);
+    assert_eq!(instances.len(), 1);
+    assert_eq!(
+        order["provider_instance_id"],
+        instances[0].id.to_string(),
+        "{order}"
+    );
+    assert_eq!(contabo.calls(Route::Create), 1, "never created twice");
+}
