@@ -275,6 +275,38 @@ impl Api<'_> {
         })
     }
 
+    /// Posts `raw` exactly as given (a signed webhook) with extra headers.
+    pub fn post_raw(&self, path: &str, headers: &[(&str, String)], raw: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let raw = raw.to_owned();
+        self.ns.enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut req = reqwest::Client::new()
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(raw);
+                for (name, value) in headers {
+                    req = req.header(name, value);
+                }
+                let resp = req.send().await.expect("an answer");
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            })
+        })
+    }
+
     pub fn call(
         &self,
         method: &str,
@@ -284,5 +316,208 @@ impl Api<'_> {
     ) -> (u16, Value) {
         self.try_call(method, path, token, body)
             .unwrap_or_else(|| panic!("{method} {path}: no answer"))
+    }
+}
+
+/// A WireGuard client: wireguard-go in a namespace, set up the way wg-quick does from the
+/// config the API returned.
+#[derive(Debug)]
+pub struct WgClient<'a> {
+    ns: &'a Netns,
+    pub iface: WgName,
+    /// The route to the server's tunnel subnet, and the address pinged through it.
+    route: String,
+    target: String,
+    _wireguard_go: Proc,
+}
+
+impl<'a> WgClient<'a> {
+    pub fn start(ns: &'a Netns, dir: &Path, route: &str, target: &str) -> Self {
+        let iface = WgName::new("tvc");
+        let proc = Proc::spawn(
+            "wireguard-go",
+            ns.command("wireguard-go").args(["-f", &iface]),
+            &dir.join(format!("wireguard-go-{iface}.log")),
+        );
+        wait_until(
+            "the client interface exists",
+            Duration::from_secs(10),
+            || ns.ok(&["ip", "link", "show", &iface]),
+        );
+        Self {
+            ns,
+            iface,
+            route: route.to_owned(),
+            target: target.to_owned(),
+            _wireguard_go: proc,
+        }
+    }
+
+    /// As wg-quick does with the API's config: the key and peer through `wg setconf`, the
+    /// address on the interface, and a route to the server's tunnel subnet.
+    pub fn configure(&self, config: &str, private_key: &str, dir: &Path) {
+        let mut wg = String::new();
+        let mut address = String::new();
+        for line in config.lines() {
+            let trimmed = line.trim();
+            if let Some(v) = trimmed.strip_prefix("Address = ") {
+                address = v.split(',').next().unwrap().trim().to_owned();
+            } else if trimmed.starts_with("PrivateKey") {
+                wg.push_str(&format!("PrivateKey = {private_key}\n"));
+            } else if !trimmed.starts_with("DNS") && !trimmed.starts_with('#') {
+                wg.push_str(line);
+                wg.push('\n');
+            }
+        }
+        let file = dir.join(format!("{}.conf", self.iface));
+        std::fs::write(&file, wg).unwrap();
+        self.ns
+            .run(&["wg", "setconf", &self.iface, file.to_str().unwrap()]);
+        let _ = self.ns.ok(&["ip", "addr", "flush", "dev", &self.iface]);
+        self.ns
+            .run(&["ip", "addr", "add", &address, "dev", &self.iface]);
+        self.ns
+            .run(&["ip", "link", "set", &self.iface, "mtu", "1420", "up"]);
+        let _ = self
+            .ns
+            .ok(&["ip", "route", "replace", &self.route, "dev", &self.iface]);
+    }
+
+    pub fn ping(&self) -> bool {
+        self.ns
+            .ok(&["ping", "-c", "1", "-W", "1", "-n", "-q", &self.target])
+    }
+}
+
+/// A WireGuard key pair made by `wg` (private, public).
+pub fn keypair() -> (String, String) {
+    use std::io::Write as _;
+    let private = run(Command::new("wg").arg("genkey")).trim().to_owned();
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(private.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        private,
+        String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+    )
+}
+
+/// A tokio runtime whose threads live in a namespace, for servers a test runs there (fakes of
+/// outside services). What `start` returns is kept in `value`; the runtime stops when this is
+/// dropped.
+#[derive(Debug)]
+pub struct NsRuntime<T> {
+    pub value: T,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> NsRuntime<T> {
+    pub fn start<F>(ns: &Netns, start: impl FnOnce() -> F + Send + 'static) -> Self
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let path = format!("/var/run/netns/{}", ns.name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            // Worker threads are made now, from this thread: they are in the namespace too.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let _ = tx.send(start().await);
+                let _ = stopped.await;
+            });
+        });
+        let value = rx.recv().expect("the namespace runtime started");
+        Self {
+            value,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl<T> Drop for NsRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The control plane's binary in a namespace: HTTP on 127.0.0.1:8080, gRPC on `grpc_listen`,
+/// its data (SQLite, CA, mail files) in a test directory.
+#[derive(Debug)]
+pub struct ControlPlane<'a> {
+    pub ns: &'a Netns,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    /// Further `TRUEVAULT_*` settings.
+    pub env: Vec<(String, String)>,
+}
+
+impl<'a> ControlPlane<'a> {
+    pub fn new(ns: &'a Netns, dir: &Path) -> Self {
+        Self {
+            ns,
+            data: dir.join("control"),
+            log: dir.join("control.log"),
+            env: vec![("TRUEVAULT_GRPC_LISTEN".into(), "127.0.0.1:8443".into())],
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.ns.command(binary("truevault-control"));
+        cmd.args(args)
+            .env("TRUEVAULT_DATA_DIR", &self.data)
+            .env("TRUEVAULT_HTTP_LISTEN", "127.0.0.1:8080")
+            .env("TRUEVAULT_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    pub fn start(&self, api: &Api<'_>) -> Proc {
+        let proc = Proc::spawn("control plane", &mut self.command(&["serve"]), &self.log);
+        wait_until("the control plane answers", Duration::from_secs(30), || {
+            api.try_call("GET", "/healthz", None, None).is_some()
+        });
+        proc
+    }
+
+    /// `truevault-control admin ...`, its JSON output.
+    pub fn admin(&self, args: &[&str]) -> Value {
+        let mut full = vec!["admin"];
+        full.extend_from_slice(args);
+        let out = run(&mut self.command(&full));
+        serde_json::from_str(&out).unwrap_or(Value::String(out))
+    }
+
+    pub fn server(&self, id: i64) -> Value {
+        let list = self.admin(&["servers", "list"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned()
+            .unwrap()
     }
 }

@@ -7,142 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use truevault_e2e::{Api, Netns, Proc, WgName, binary, link, require_root, run, wait_until};
+use serde_json::json;
+use truevault_e2e::{
+    Api, ControlPlane, Netns, Proc, WgClient, WgName, binary, keypair, link, require_root,
+    wait_until,
+};
 
 const SERVER_VETH: &str = "10.231.0.1";
 const TUNNEL_SERVER: &str = "10.77.0.1";
-
-struct ControlPlane<'a> {
-    ns: &'a Netns,
-    data: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
-
-impl ControlPlane<'_> {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.ns.command(binary("truevault-control"));
-        cmd.args(args)
-            .env("TRUEVAULT_DATA_DIR", &self.data)
-            .env("TRUEVAULT_HTTP_LISTEN", "127.0.0.1:8080")
-            .env("TRUEVAULT_GRPC_LISTEN", "127.0.0.1:8443")
-            .env("TRUEVAULT_LOG", "info");
-        cmd
-    }
-
-    fn start(&self, api: &Api<'_>) -> Proc {
-        let proc = Proc::spawn("control plane", &mut self.command(&["serve"]), &self.log);
-        wait_until("the control plane answers", Duration::from_secs(30), || {
-            api.try_call("GET", "/healthz", None, None).is_some()
-        });
-        proc
-    }
-
-    fn admin(&self, args: &[&str]) -> Value {
-        let mut full = vec!["admin"];
-        full.extend_from_slice(args);
-        let out = run(&mut self.command(&full));
-        serde_json::from_str(&out).unwrap_or(Value::String(out))
-    }
-
-    fn server(&self, id: i64) -> Value {
-        let list = self.admin(&["servers", "list"]);
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == id)
-            .cloned()
-            .unwrap()
-    }
-}
-
-struct Client<'a> {
-    ns: &'a Netns,
-    iface: WgName,
-    _wireguard_go: Proc,
-}
-
-impl<'a> Client<'a> {
-    fn start(ns: &'a Netns, dir: &Path) -> Self {
-        let iface = WgName::new("tvc");
-        let proc = Proc::spawn(
-            "wireguard-go",
-            ns.command("wireguard-go").args(["-f", &iface]),
-            &dir.join("wireguard-go.log"),
-        );
-        wait_until(
-            "the client interface exists",
-            Duration::from_secs(10),
-            || ns.ok(&["ip", "link", "show", &iface]),
-        );
-        Self {
-            ns,
-            iface,
-            _wireguard_go: proc,
-        }
-    }
-
-    /// As wg-quick does with the API's config: the key and peer through `wg setconf`, the
-    /// address on the interface, and a route to the server's tunnel address.
-    fn configure(&self, config: &str, private_key: &str, dir: &Path) {
-        let mut wg = String::new();
-        let mut address = String::new();
-        for line in config.lines() {
-            let trimmed = line.trim();
-            if let Some(v) = trimmed.strip_prefix("Address = ") {
-                address = v.split(',').next().unwrap().trim().to_owned();
-            } else if trimmed.starts_with("PrivateKey") {
-                wg.push_str(&format!("PrivateKey = {private_key}\n"));
-            } else if !trimmed.starts_with("DNS") && !trimmed.starts_with('#') {
-                wg.push_str(line);
-                wg.push('\n');
-            }
-        }
-        let file = dir.join(format!("{}.conf", self.iface));
-        std::fs::write(&file, wg).unwrap();
-        self.ns
-            .run(&["wg", "setconf", &self.iface, file.to_str().unwrap()]);
-        let _ = self.ns.ok(&["ip", "addr", "flush", "dev", &self.iface]);
-        self.ns
-            .run(&["ip", "addr", "add", &address, "dev", &self.iface]);
-        self.ns
-            .run(&["ip", "link", "set", &self.iface, "mtu", "1420", "up"]);
-        let _ = self
-            .ns
-            .ok(&["ip", "route", "replace", "10.77.0.0/24", "dev", &self.iface]);
-    }
-
-    fn ping(&self) -> bool {
-        self.ns
-            .ok(&["ping", "-c", "1", "-W", "1", "-n", "-q", TUNNEL_SERVER])
-    }
-}
-
-fn keypair() -> (String, String) {
-    let private = run(Command::new("wg").arg("genkey")).trim().to_owned();
-    let mut child = Command::new("wg")
-        .arg("pubkey")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(private.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        private,
-        String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-    )
-}
 
 fn server_peers(ns: &Netns, iface: &str) -> Vec<String> {
     ns.run(&["wg", "show", iface, "peers"])
@@ -169,11 +43,7 @@ fn a_device_added_through_the_api_passes_traffic_through_the_node_agent() {
         ns: &server_ns,
         base: "http://127.0.0.1:8080".into(),
     };
-    let cp = ControlPlane {
-        ns: &server_ns,
-        data: dir.path().join("control"),
-        log: dir.path().join("control.log"),
-    };
+    let cp = ControlPlane::new(&server_ns, dir.path());
     let control = cp.start(&api);
 
     // The operator adds the server (it stays out of placement until its agent connects) and
@@ -269,7 +139,7 @@ fn a_device_added_through_the_api_passes_traffic_through_the_node_agent() {
     let config = config.as_str().unwrap().to_owned();
 
     // The client brings the config up and pings the server through the tunnel.
-    let client = Client::start(&client_ns, dir.path());
+    let client = WgClient::start(&client_ns, dir.path(), "10.77.0.0/24", TUNNEL_SERVER);
     client.configure(&config, &client_private, dir.path());
     wait_until(
         "a ping passes through the tunnel",
