@@ -100,3 +100,59 @@ fn database_url_from_file_is_secret() {
     assert!(!format!("{s:?}").contains("pw@"));
     assert!(!s.to_redacted_toml().unwrap().contains("pw@"));
 }
+
+#[test]
+fn a_provisioning_provider_needs_everything_a_new_node_needs() {
+    let load = |pairs: &[(&str, &str)]| {
+        Settings::load_from(None, &env(pairs), &Overrides::default()).map_err(|e| e.to_string())
+    };
+    let err = load(&[("TRUEVAULT_PROVISIONING_PROVIDER", "contabo")]).unwrap_err();
+    for name in [
+        "provisioning_grpc_url",
+        "agent_download_url",
+        "agent_sha256",
+        "contabo_client_id",
+        "contabo_client_secret",
+        "contabo_api_user",
+        "contabo_api_password",
+    ] {
+        assert!(err.contains(name), "{err}");
+    }
+    let err = load(&[("TRUEVAULT_PROVISIONING_PROVIDER", "hetzner")]).unwrap_err();
+    assert!(err.contains("provisioning_provider"), "{err}");
+    let err = load(&[("TRUEVAULT_OPERATOR_EMAIL", "not an address")]).unwrap_err();
+    assert!(err.contains("operator_email"), "{err}");
+
+    let digest = "0123456789abcdef".repeat(4);
+    let complete = [
+        ("TRUEVAULT_PROVISIONING_PROVIDER", "contabo"),
+        (
+            "TRUEVAULT_PROVISIONING_GRPC_URL",
+            "https://control.example.com:8443",
+        ),
+        (
+            "TRUEVAULT_AGENT_DOWNLOAD_URL",
+            "https://downloads.example.com/a",
+        ),
+        ("TRUEVAULT_AGENT_SHA256", digest.as_str()),
+        ("TRUEVAULT_CONTABO_CLIENT_ID", "INT-1"),
+        ("TRUEVAULT_CONTABO_CLIENT_SECRET", "s3cret-client"),
+        ("TRUEVAULT_CONTABO_API_USER", "api@example.com"),
+        ("TRUEVAULT_CONTABO_API_PASSWORD", "s3cret-password"),
+        ("TRUEVAULT_CONTABO_REGIONS", "{ us-east = \"US-east\" }"),
+    ];
+    let s = load(&complete).unwrap();
+    assert_eq!(s.contabo_regions.get("us-east").unwrap(), "US-east");
+    let shown = s.to_redacted_toml().unwrap();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(!format!("{s:?}").contains("s3cret"));
+
+    let mut bad = complete.to_vec();
+    bad[1].1 = "http://control.example.com:8443";
+    bad[3].1 = "xyz";
+    let err = load(&bad).unwrap_err();
+    assert!(
+        err.contains("provisioning_grpc_url") && err.contains("agent_sha256"),
+        "{err}"
+    );
+}
