@@ -15,6 +15,7 @@ use crate::api::{self, AppState, HttpSettings, Services};
 use crate::automation::Automation;
 use crate::billing::payments::Payments;
 use crate::billing::paypal::{PayPal, PayPalSettings};
+use crate::billing::provider::PaymentProvider;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::dedicated::runner::{NodeBootstrapSettings, OrderRunner, Provisioning, RunnerSettings};
@@ -58,7 +59,7 @@ pub fn payments(db: Db, settings: &Settings, clock: SharedClock) -> Result<Payme
     ) {
         (Some(client_id), Some(secret), Some(webhook_id)) => {
             let public = settings.public_url.trim_end_matches('/');
-            Some(Arc::new(PayPal::new(PayPalSettings {
+            let paypal: Arc<dyn PaymentProvider> = Arc::new(PayPal::new(PayPalSettings {
                 base_url: settings.paypal_base_url.clone(),
                 client_id: client_id.clone(),
                 client_secret: secret.clone(),
@@ -66,7 +67,8 @@ pub fn payments(db: Db, settings: &Settings, clock: SharedClock) -> Result<Payme
                 return_url: format!("{public}/billing/approved"),
                 cancel_url: format!("{public}/billing/cancelled"),
                 timeout: Duration::from_secs(30),
-            })?))
+            })?);
+            Some(paypal)
         }
         _ => None,
     };

@@ -1,5 +1,5 @@
-//! Billing: plans, subscriptions and trials, payments through PayPal (`paypal`, `payments`)
-//! and invoices.
+//! Billing: plans, subscriptions and trials, payments through a provider (`provider`: the
+//! trait; `paypal`: PayPal's client; `payments`: checkout and the webhook) and invoices.
 
 pub mod dunning;
 #[cfg(feature = "fake")]
@@ -9,5 +9,6 @@ pub mod payments;
 pub mod paypal;
 pub mod plans;
 pub mod promo;
+pub mod provider;
 pub mod renewals;
 pub mod trials;

@@ -22,7 +22,7 @@ use crate::servers::country_of;
 use crate::storage::{Db, Engine};
 
 use super::invoices::{self, LineItem, NewInvoice};
-use super::paypal::{PayPal, WebhookSignature};
+use super::provider::{PaymentProvider, SubscriptionRequest};
 use super::{dunning, plans, promo, renewals};
 
 /// The workflow whose tasks process payment events.
@@ -51,8 +51,8 @@ pub struct CheckoutView {
 pub struct Payments {
     db: Db,
     clock: SharedClock,
-    paypal: Option<Arc<PayPal>>,
-    /// Our plan code → PayPal's billing plan id.
+    provider: Option<Arc<dyn PaymentProvider>>,
+    /// Our plan code → the provider's billing plan id.
     plans: BTreeMap<String, String>,
 }
 
@@ -60,26 +60,26 @@ impl Payments {
     pub fn new(
         db: Db,
         clock: SharedClock,
-        paypal: Option<Arc<PayPal>>,
+        provider: Option<Arc<dyn PaymentProvider>>,
         plans: BTreeMap<String, String>,
     ) -> Self {
         Self {
             db,
             clock,
-            paypal,
+            provider,
             plans,
         }
     }
 
-    fn paypal(&self) -> Result<&PayPal> {
-        self.paypal.as_deref().ok_or(Error::Unavailable(
+    fn provider(&self) -> Result<&dyn PaymentProvider> {
+        self.provider.as_deref().ok_or(Error::Unavailable(
             "payments are not configured on this server",
         ))
     }
 
     /// Starts a subscription at PayPal and returns the link the customer approves it at.
     pub async fn checkout(&self, user_id: i64, input: CheckoutInput) -> Result<CheckoutView> {
-        let paypal = self.paypal()?;
+        let provider = self.provider()?;
         let plan = input.plan.as_deref().unwrap_or_default().trim().to_owned();
         let Some(paypal_plan) = self.plans.get(&plan) else {
             let choices: Vec<&str> = self.plans.keys().map(String::as_str).collect();
@@ -141,13 +141,13 @@ impl Payments {
             .and_then(|q| q.first_month_price_cents)
             .map(|cents| (cents, currency.as_str()));
         let request_id = format!("checkout-{user_id}-{}", uuid::Uuid::new_v4().simple());
-        let created = paypal
-            .create_subscription(
-                paypal_plan,
-                &format!("user:{user_id}"),
-                &request_id,
+        let created = provider
+            .create_subscription(SubscriptionRequest {
+                plan_id: paypal_plan,
+                custom_id: &format!("user:{user_id}"),
+                request_id: &request_id,
                 first_cycle,
-            )
+            })
             .await?;
         let mut tx = self.db.begin_write().await?;
         sqlx::query(
@@ -172,14 +172,13 @@ impl Payments {
 
     /// A webhook delivery: verified, stored once, queued. Returns whether it was new.
     pub async fn receive_webhook(&self, headers: &HeaderMap, body: &str) -> Result<bool> {
-        let paypal = self.paypal()?;
+        let provider = self.provider()?;
         let unverified = || {
             Error::invalid(
                 "webhook_unverified",
                 "the delivery's signature could not be verified",
             )
         };
-        let signature = WebhookSignature::from_headers(headers).ok_or_else(unverified)?;
         let event: Value =
             serde_json::from_str(body).map_err(|e| Error::MalformedJson(e.to_string()))?;
         let (Some(event_id), Some(event_type)) = (
@@ -191,7 +190,7 @@ impl Payments {
                 "a PayPal event has an id and an event_type",
             ));
         };
-        if !paypal.verify_webhook(&signature, body).await? {
+        if !provider.verify_webhook(headers, body).await? {
             tracing::warn!(event_id, event_type, "PayPal webhook failed verification");
             return Err(unverified());
         }

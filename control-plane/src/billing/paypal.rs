@@ -32,13 +32,8 @@ pub struct PayPalSettings {
     pub timeout: Duration,
 }
 
-/// What a customer must approve at PayPal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkout {
-    /// PayPal's subscription id (`I-...`) or order id.
-    pub provider_id: String,
-    pub approval_url: String,
-}
+pub use super::provider::Checkout;
+use super::provider::{BoxFuture, PaymentProvider, SubscriptionRequest};
 
 /// The headers PayPal signs a webhook delivery with.
 #[derive(Debug, Clone)]
@@ -286,6 +281,38 @@ impl PayPal {
             .call("/v1/notifications/verify-webhook-signature", &body, None)
             .await?;
         Ok(answer.get("verification_status").and_then(Value::as_str) == Some("SUCCESS"))
+    }
+}
+
+impl PaymentProvider for PayPal {
+    fn name(&self) -> &'static str {
+        "paypal"
+    }
+
+    fn create_subscription<'a>(
+        &'a self,
+        request: SubscriptionRequest<'a>,
+    ) -> BoxFuture<'a, Result<Checkout>> {
+        Box::pin(PayPal::create_subscription(
+            self,
+            request.plan_id,
+            request.custom_id,
+            request.request_id,
+            request.first_cycle,
+        ))
+    }
+
+    fn verify_webhook<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        body: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            match WebhookSignature::from_headers(headers) {
+                Some(signature) => PayPal::verify_webhook(self, &signature, body).await,
+                None => Ok(false),
+            }
+        })
     }
 }
 
