@@ -35,9 +35,54 @@ pub struct PeerChange {
     pub reason: &'static str,
 }
 
-/// Records changes: one revision bump per server for the whole set, then the rows in order.
-/// Returns the revision of each change, in input order.
+/// Records changes, each with the next revision of its server. Returns the revision of each
+/// change, in input order.
 pub async fn record(
+    conn: &mut AnyConnection,
+    changes: &[PeerChange],
+    now: Millis,
+) -> Result<Vec<i64>> {
+    if conn.backend_name() == "PostgreSQL" {
+        record_locking(conn, changes, now).await
+    } else {
+        record_single_writer(conn, changes, now).await
+    }
+}
+
+const INSERT: &str = "INSERT INTO peer_changes (server_id, revision, op, device_id, public_key, old_public_key, allowed_ips, reason, created_at)";
+
+/// SQLite: one statement per change. The writer is alone, so the row can read its server's
+/// revision in a subquery; a trigger (migration 0009) moves the server's revision up to it.
+async fn record_single_writer(
+    conn: &mut AnyConnection,
+    changes: &[PeerChange],
+    now: Millis,
+) -> Result<Vec<i64>> {
+    let mut revisions = Vec::with_capacity(changes.len());
+    for c in changes {
+        let (revision,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{INSERT} VALUES ($1, (SELECT config_revision + 1 FROM vpn_servers WHERE id = $1),
+                              $2, $3, $4, $5, $6, $7, $8)
+             RETURNING revision"
+        )))
+        .bind(c.server_id)
+        .bind(c.op.as_str())
+        .bind(c.device_id)
+        .bind(&c.public_key)
+        .bind(c.old_public_key.as_deref())
+        .bind(c.allowed_ips.as_deref())
+        .bind(c.reason)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+        revisions.push(revision);
+    }
+    Ok(revisions)
+}
+
+/// PostgreSQL: one revision bump per server for the whole set (which locks the server rows,
+/// in id order, against concurrent writers), then the rows in order.
+async fn record_locking(
     conn: &mut AnyConnection,
     changes: &[PeerChange],
     now: Millis,
@@ -61,13 +106,11 @@ pub async fn record(
         next.insert(server_id, last - count + 1);
         // PostgreSQL delivers a NOTIFY on commit (never on rollback) to every replica's
         // listener, which wakes that node's session (see `nodes::hub`).
-        if conn.backend_name() == "PostgreSQL" {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(crate::nodes::hub::PEER_CHANGES_CHANNEL)
-                .bind(format!("{server_id}:{last}"))
-                .execute(&mut *conn)
-                .await?;
-        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::nodes::hub::PEER_CHANGES_CHANNEL)
+            .bind(format!("{server_id}:{last}"))
+            .execute(&mut *conn)
+            .await?;
     }
     let mut revisions = Vec::with_capacity(changes.len());
     for c in changes {
@@ -75,10 +118,9 @@ pub async fn record(
             *r += 1;
             *r - 1
         });
-        sqlx::query(
-            "INSERT INTO peer_changes (server_id, revision, op, device_id, public_key, old_public_key, allowed_ips, reason, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INSERT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        )))
         .bind(c.server_id)
         .bind(revision)
         .bind(c.op.as_str())

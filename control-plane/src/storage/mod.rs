@@ -119,6 +119,9 @@ impl Db {
                     create_private_file(&file)?;
                 }
                 pool_options
+                    // A connection to a local file does not go stale; the liveness ping
+                    // would cost a round trip to sqlx's SQLite thread on every acquire.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
                             // Per-connection settings; journal_mode=WAL persists in the file.
