@@ -155,11 +155,16 @@ pub async fn serve_waiting(
     region: &str,
     now: Millis,
 ) -> Result<Option<OrderView>> {
+    // An order the runner is working on (leased) is left to it: it may be creating an
+    // instance for it right now.
     let waiting: Option<(i64, i64)> = sqlx::query_as(
         "SELECT id, user_id FROM server_provisioning_queue
-         WHERE status = 'pending' AND region_preference = $1 ORDER BY created_at, id LIMIT 1",
+         WHERE status = 'pending' AND region_preference = $1
+           AND (lease_until IS NULL OR lease_until <= $2)
+         ORDER BY created_at, id LIMIT 1",
     )
     .bind(region)
+    .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
     let Some((order_id, user_id)) = waiting else {
