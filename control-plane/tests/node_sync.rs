@@ -26,6 +26,7 @@ engine_tests!(
     sync_needs_a_valid_client_certificate,
     a_node_gets_a_snapshot_then_every_change_and_its_acks_activate_devices,
     a_reconnecting_node_catches_up_and_its_old_stream_cannot_mark_it_offline,
+    a_node_behind_the_pruned_change_log_gets_a_snapshot,
 );
 
 /// PostgreSQL only (SQLite replicas are not a deployment): a device added through one replica
@@ -367,4 +368,62 @@ async fn a_reconnecting_node_catches_up_and_its_old_stream_cannot_mark_it_offlin
         server_status(&app, server_id).await.0 == "online"
     })
     .await;
+}
+
+async fn a_node_behind_the_pruned_change_log_gets_a_snapshot(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let (user_id, token) = app.customer("pru@example.com").await;
+    app.set_plan(user_id, "business").await;
+    for i in 0..6u8 {
+        add_device(&app, &token, &format!("d{i}"), &common::base64_key(40 + i)).await;
+    }
+    let revisions = || async {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT revision FROM peer_changes WHERE server_id = $1 ORDER BY revision",
+        )
+        .bind(server_id)
+        .fetch_all(app.db().pool())
+        .await
+        .unwrap();
+        rows.into_iter().map(|(r,)| r).collect::<Vec<_>>()
+    };
+    assert_eq!(revisions().await, vec![1, 2, 3, 4, 5, 6]);
+
+    // The production window keeps everything this young; a window of 2 keeps revisions 5, 6.
+    let pruned = truevault_control_plane::devices::peers::prune(
+        app.db(),
+        truevault_control_plane::devices::peers::KEEP_PER_SERVER,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned, 0);
+    let pruned = truevault_control_plane::devices::peers::prune(app.db(), 2)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 4);
+    assert_eq!(revisions().await, vec![5, 6]);
+
+    // A node at revision 4 can still continue from the log; one at 2 cannot and gets
+    // everything as a snapshot.
+    let mut client = enrolled_client(&app, server_id, &common::base64_key(92)).await;
+    let mut recent = NodeStream::open(&mut client, 4).await;
+    let control_message::Body::Changes(changes) = recent.next().await else {
+        panic!("a node at 4 gets the changes 5 and 6")
+    };
+    assert_eq!(
+        changes
+            .changes
+            .iter()
+            .map(|c| c.revision)
+            .collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+    let mut behind = NodeStream::open(&mut client, 2).await;
+    let control_message::Body::Snapshot(snapshot) = behind.next().await else {
+        panic!("a node behind the kept log gets a snapshot")
+    };
+    assert_eq!(snapshot.peers.len(), 6);
+    assert_eq!(snapshot.revision, 6);
 }

@@ -25,6 +25,7 @@ use crate::audit::{self, Actor};
 use crate::billing::trials::{self, TrialExtension};
 use crate::clock::{Millis, SECOND, SharedClock};
 use crate::config::Settings;
+use crate::devices::peers;
 use crate::error::{Error, Result};
 use crate::storage::Db;
 
@@ -162,10 +163,15 @@ impl Automation {
     }
 
     /// The sweep commits in batches of its own (it is idempotent), then completes its task.
+    /// Besides expiring trials it trims the peer-change log, which every device change grows.
     async fn run_sweep(&self, task: &ClaimedTask) -> Result<Outcome> {
         let expired = trials::expire_due(&self.db, self.clock.now_ms()).await?;
         if expired > 0 {
             tracing::info!(expired, "the trial sweep expired trials");
+        }
+        let pruned = peers::prune(&self.db, peers::KEEP_PER_SERVER).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, "old peer changes pruned");
         }
         let mut tx = self.db.begin_write().await?;
         let done =

@@ -7,6 +7,7 @@ use sqlx::AnyConnection;
 
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::storage::Db;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -135,6 +136,36 @@ async fn record_locking(
         revisions.push(revision);
     }
     Ok(revisions)
+}
+
+/// How many of each server's latest changes are kept. A node further behind than
+/// `nodes::session::SNAPSHOT_GAP` gets a snapshot anyway; twice that leaves room for a session
+/// that chose "changes since" just before a prune, however many changes land meanwhile.
+pub const KEEP_PER_SERVER: i64 = 2 * crate::nodes::session::SNAPSHOT_GAP;
+
+/// Deletes the changes no node can need any more: those `keep` or more revisions behind their
+/// server's current one. In batches, each its own short write, so customers' writes never wait
+/// long behind it. Returns how many rows went.
+pub async fn prune(db: &Db, keep: i64) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let mut tx = db.begin_write().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM peer_changes WHERE id IN (
+                SELECT c.id FROM vpn_servers s
+                JOIN peer_changes c ON c.server_id = s.id AND c.revision <= s.config_revision - $1
+                LIMIT 5000)",
+        )
+        .bind(keep)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        total += deleted;
+        if deleted < 5000 {
+            return Ok(total);
+        }
+    }
 }
 
 /// The allowed IPs a node installs for a device: its two host addresses.

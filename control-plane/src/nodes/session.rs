@@ -81,7 +81,7 @@ pub async fn needs_snapshot(db: &Db, server_id: i64, applied: i64, current: i64)
     if applied == 0 || applied > current || current - applied > SNAPSHOT_GAP {
         return Ok(true);
     }
-    // Changes before the oldest one kept are gone (no pruning yet, but never assume).
+    // Changes before the oldest one kept are gone (`devices::peers::prune`).
     let (oldest,): (Option<i64>,) =
         sqlx::query_as("SELECT MIN(revision) FROM peer_changes WHERE server_id = $1")
             .bind(server_id)
