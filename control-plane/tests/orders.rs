@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::node::{client, node_key_and_csr, pem};
-use common::paypal::{activation, app_with_paypal, deliver_signed, sale_completed};
+use common::paypal::{activation, app_with_paypal, cancelled, deliver_signed, sale_completed};
 use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -23,6 +23,7 @@ engine_tests!(
     simultaneous_purchases_with_one_pool_server_get_it_and_a_new_instance,
     a_late_order_fails_tells_buyer_and_operator_and_a_retry_resumes_it,
     an_interrupted_run_is_resumed_by_another_process_without_a_second_create,
+    a_cancelled_dedicated_subscription_gives_its_servers_back,
 );
 
 const OPERATOR: &str = "ops@truevault.example";
@@ -60,6 +61,16 @@ async fn contabo() -> FakeContabo {
 /// A customer buys a dedicated server in `region` through checkout and PayPal's webhooks (not
 /// yet processed). Returns their token.
 async fn buy(app: &TestApp, paypal: &FakePayPal, email: &str, region: &str) -> String {
+    subscribe(app, paypal, email, region).await.0
+}
+
+/// As `buy`, also returning the PayPal subscription id.
+async fn subscribe(
+    app: &TestApp,
+    paypal: &FakePayPal,
+    email: &str,
+    region: &str,
+) -> (String, String) {
     let (_, token) = app.customer(email).await;
     let (status, checkout) = app
         .post_auth(
@@ -83,7 +94,7 @@ async fn buy(app: &TestApp, paypal: &FakePayPal, email: &str, region: &str) -> S
         "49.99",
     );
     deliver_signed(app, paypal, &sale).await;
-    token
+    (token, subscription.to_owned())
 }
 
 /// The buyer's order, as operators see it.
@@ -409,4 +420,102 @@ async fn an_interrupted_run_is_resumed_by_another_process_without_a_second_creat
         "{order}"
     );
     assert_eq!(contabo.calls(Route::Create), 1, "never created twice");
+}
+
+async fn a_cancelled_dedicated_subscription_gives_its_servers_back(engine: Engine) {
+    let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
+    let app = app(engine, &paypal, &contabo).await;
+    let admin = app.admin_token().await;
+    let pooled = app.add_server("pool-us-1", "us-east", 71).await;
+    let pooled_id = pooled["id"].as_i64().unwrap();
+    let (status, pool_row) = app
+        .post_auth(
+            "/api/v1/admin/pool",
+            &admin,
+            Some(json!({ "server_id": pooled_id })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // One buyer gets the pool server; the next one a new instance, handed over.
+    let (_, pooled_sub) = subscribe(&app, &paypal, "pooled@example.com", "us-east").await;
+    app.run_tasks().await;
+    let (_, fresh_sub) = subscribe(&app, &paypal, "fresh@example.com", "us-east").await;
+    app.run_tasks().await;
+    app.state.orders().run_due().await.unwrap();
+    let instance = contabo.instances()[0].clone();
+    contabo.boot(instance.id, Ipv4Addr::new(198, 51, 100, 30));
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    let _node = boot_node(&app, &contabo.instances()[0]).await;
+    let fresh = order_of(&app, &admin, "fresh@example.com").await;
+    let fresh_server = fresh["server_id"].as_i64().unwrap();
+    for _ in 0..100 {
+        if server_status(&app, fresh_server).await.0 == "online" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    assert_eq!(
+        order_of(&app, &admin, "fresh@example.com").await["status"],
+        "completed"
+    );
+
+    // Both cancel at PayPal: the servers stay theirs until the paid period ends...
+    for (email, sub) in [("pooled", &pooled_sub), ("fresh", &fresh_sub)] {
+        deliver_signed(&app, &paypal, &cancelled(&format!("C-{email}"), sub)).await;
+    }
+    app.run_tasks().await;
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    assert!(!contabo.instances()[0].cancelled);
+    assert_eq!(server_status(&app, fresh_server).await.0, "online");
+
+    // ...then they are given back: the pool server to maintenance, the instance cancelled at
+    // Contabo, its server retired and its node's certificates revoked.
+    app.advance(Duration::from_secs(31 * 24 * 3600));
+    app.run_tasks().await;
+    app.state.orders().run_due().await.unwrap();
+    let admin = app.admin_token().await;
+    let fresh = order_of(&app, &admin, "fresh@example.com").await;
+    assert!(fresh["released_at"].is_string(), "{fresh}");
+    assert_eq!(fresh["status"], "completed");
+    assert!(
+        contabo.instances()[0].cancelled,
+        "the instance is cancelled"
+    );
+    assert_eq!(server_status(&app, fresh_server).await.0, "retired");
+    let (live,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM node_certificates WHERE server_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(fresh_server)
+    .fetch_one(app.db().pool())
+    .await
+    .unwrap();
+    assert_eq!(live, 0);
+    let pooled_order = order_of(&app, &admin, "pooled@example.com").await;
+    assert!(pooled_order["released_at"].is_string(), "{pooled_order}");
+    let (_, pool) = app.get_auth("/api/v1/admin/pool", &admin).await;
+    let row = pool
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == pool_row["id"])
+        .unwrap();
+    assert_eq!(row["status"], "maintenance", "{row}");
+    assert!(row["assigned_user_id"].is_null());
+    let owners: Vec<(Option<i64>,)> =
+        sqlx::query_as("SELECT dedicated_user_id FROM vpn_servers WHERE id IN ($1, $2)")
+            .bind(pooled_id)
+            .bind(fresh_server)
+            .fetch_all(app.db().pool())
+            .await
+            .unwrap();
+    assert!(owners.iter().all(|(o,)| o.is_none()), "{owners:?}");
+    // Nothing left to do: the runner is idle.
+    app.advance(POLL);
+    assert_eq!(app.state.orders().run_due().await.unwrap(), 0);
+    assert_eq!(contabo.calls(Route::Create), 1);
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::paypal::{activation, app_with_paypal, deliver, sale_completed};
+use common::paypal::{activation, app_with_paypal, cancelled, deliver, sale_completed};
 use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -394,12 +394,6 @@ async fn a_failed_payment_runs_dunning_and_a_later_payment_ends_it(engine: Engin
         1,
         "{sent:?}"
     );
-}
-
-fn cancelled(event_id: &str, subscription_id: &str) -> String {
-    format!(
-        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"subscription","event_type":"BILLING.SUBSCRIPTION.CANCELLED","resource":{{"id":"{subscription_id}","status":"CANCELLED"}}}}"#
-    )
 }
 
 fn refunded(event_id: &str, sale_id: &str, total: &str) -> String {

@@ -12,6 +12,7 @@ use crate::automation::outbox::{self, OutgoingMail};
 use crate::automation::render::human_date;
 use crate::automation::tasks::{self, ClaimedTask, DEFAULT_MAX_ATTEMPTS, NewTask};
 use crate::clock::{DAY, Millis};
+use crate::dedicated::orders::DEDICATED_PLAN;
 use crate::devices::entitlement;
 use crate::error::{Error, Result};
 
@@ -92,6 +93,9 @@ pub async fn cancel_at_period_end(
 }
 
 /// One `renewals` step.
+/// Status, cancelling, period end, plan name, email, first name, plan code.
+type SubscriptionRow = (String, i64, Option<Millis>, String, String, String, String);
+
 pub async fn run_step(
     conn: &mut AnyConnection,
     task: &ClaimedTask,
@@ -99,8 +103,9 @@ pub async fn run_step(
     now: Millis,
 ) -> Result<()> {
     let subscription = super::dunning::subscription_of(task)?;
-    let row: Option<(String, i64, Option<Millis>, String, String, String)> = sqlx::query_as(
-        "SELECT s.status, s.cancel_at_period_end, s.current_period_end, p.name, u.email, u.first_name
+    let row: Option<SubscriptionRow> = sqlx::query_as(
+        "SELECT s.status, s.cancel_at_period_end, s.current_period_end, p.name, u.email, u.first_name,
+                s.plan_type
          FROM subscriptions s JOIN plans p ON p.code = s.plan_type JOIN users u ON u.id = s.user_id
          WHERE s.user_id = $1 AND s.provider_subscription_id = $2",
     )
@@ -108,7 +113,7 @@ pub async fn run_step(
     .bind(subscription)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((status, cancelling, period_end, plan, email, first_name)) = row else {
+    let Some((status, cancelling, period_end, plan, email, first_name, plan_code)) = row else {
         return Ok(());
     };
     match task.step.as_str() {
@@ -163,6 +168,9 @@ pub async fn run_step(
             .rows_affected();
             if ended > 0 {
                 entitlement::reconcile(conn, user_id, "subscription_ended", now).await?;
+                if plan_code == DEDICATED_PLAN {
+                    crate::dedicated::release::request(conn, user_id, now).await?;
+                }
             }
             Ok(())
         }

@@ -32,21 +32,24 @@ use super::runner::{OrderRunner, Provisioning};
 
 /// An open order as the runner reads it.
 #[derive(Debug)]
-struct Open {
-    id: i64,
-    user_id: i64,
-    status: String,
-    region: String,
-    server_id: Option<i64>,
-    display_name: Option<String>,
-    instance_id: Option<String>,
-    deadline_at: Option<Millis>,
-    attempt: i64,
+pub(super) struct Open {
+    pub(super) id: i64,
+    pub(super) user_id: i64,
+    pub(super) status: String,
+    pub(super) region: String,
+    pub(super) pool_id: Option<i64>,
+    pub(super) server_id: Option<i64>,
+    pub(super) display_name: Option<String>,
+    pub(super) instance_id: Option<String>,
+    pub(super) deadline_at: Option<Millis>,
+    pub(super) attempt: i64,
+    /// The buyer's subscription ended: the server is to be given back (`release`).
+    pub(super) releasing: bool,
 }
 
 /// Whether the order moved to another state (and the next step runs at once) or waits.
 #[derive(Debug, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     Moved,
     Waits,
 }
@@ -60,6 +63,8 @@ type OpenRow = (
     Option<String>,
     Option<i64>,
     i64,
+    Option<i64>,
+    Option<i64>,
 );
 
 impl OrderRunner {
@@ -71,6 +76,7 @@ impl OrderRunner {
                 return Ok(()); // closed, or no longer ours
             };
             let step = match order.status.as_str() {
+                _ if order.releasing => self.release(&order).await?,
                 "pending" => self.start(&order).await?,
                 "provisioning" => self.boot(&order).await?,
                 "configuring" => self.connect(&order).await?,
@@ -86,8 +92,9 @@ impl OrderRunner {
     async fn load(&self, id: i64) -> Result<Option<Open>> {
         let row: Option<OpenRow> = sqlx::query_as(
             "SELECT user_id, status, region_preference, vpn_server_id, provider_display_name,
-                    provider_instance_id, deadline_at, attempt
-             FROM server_provisioning_queue WHERE id = $1 AND lease_owner = $2",
+                    provider_instance_id, deadline_at, attempt, server_pool_id, release_requested_at
+             FROM server_provisioning_queue
+             WHERE id = $1 AND lease_owner = $2 AND released_at IS NULL",
         )
         .bind(id)
         .bind(&self.worker_id)
@@ -103,18 +110,20 @@ impl OrderRunner {
                 instance_id,
                 deadline_at,
                 attempt,
-            )| {
-                Open {
-                    id,
-                    user_id,
-                    status,
-                    region: region.unwrap_or_default(),
-                    server_id,
-                    display_name,
-                    instance_id,
-                    deadline_at,
-                    attempt,
-                }
+                pool_id,
+                release_requested_at,
+            )| Open {
+                id,
+                user_id,
+                status,
+                region: region.unwrap_or_default(),
+                pool_id,
+                server_id,
+                display_name,
+                instance_id,
+                deadline_at,
+                attempt,
+                releasing: release_requested_at.is_some(),
             },
         ))
     }

@@ -5,4 +5,5 @@
 mod lifecycle;
 pub mod orders;
 pub mod pool;
+pub mod release;
 pub mod runner;

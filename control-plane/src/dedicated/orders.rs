@@ -48,6 +48,8 @@ pub struct OrderView {
     pub attempt: i64,
     /// When the order fails if its server is not connected by then.
     pub deadline_at: Option<String>,
+    /// When the server was given back after the buyer's subscription ended.
+    pub released_at: Option<String>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
@@ -417,7 +419,7 @@ pub async fn retry(
 const SELECT: &str =
     "SELECT id, user_id, payment_id, plan_type, region_preference, status, server_pool_id,
         vpn_server_id, provider_display_name, error_message, created_at, started_at, completed_at,
-        provider_instance_id, ip_address, attempt, deadline_at
+        provider_instance_id, ip_address, attempt, deadline_at, released_at
      FROM server_provisioning_queue";
 
 fn view(r: &AnyRow) -> std::result::Result<OrderView, sqlx::Error> {
@@ -436,6 +438,7 @@ fn view(r: &AnyRow) -> std::result::Result<OrderView, sqlx::Error> {
         error_message: r.try_get(9)?,
         attempt: r.try_get(15)?,
         deadline_at: r.try_get::<Option<i64>, _>(16)?.map(rfc3339),
+        released_at: r.try_get::<Option<i64>, _>(17)?.map(rfc3339),
         created_at: rfc3339(r.try_get(10)?),
         started_at: r.try_get::<Option<i64>, _>(11)?.map(rfc3339),
         completed_at: r.try_get::<Option<i64>, _>(12)?.map(rfc3339),

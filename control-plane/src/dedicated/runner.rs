@@ -59,10 +59,12 @@ pub struct OrderRunner {
     pub(super) worker_id: String,
 }
 
-/// Orders a runner may pick up.
-const OPEN: &str = "('pending', 'provisioning', 'configuring')";
-/// Orders waiting for a pool server, when no provider can create one.
-const OPEN_WITHOUT_PROVIDER: &str = "('provisioning', 'configuring')";
+/// Orders a runner may pick up: open ones, and those whose server is to be released.
+const OPEN: &str = "(status IN ('pending', 'provisioning', 'configuring')
+                     OR (release_requested_at IS NOT NULL AND released_at IS NULL))";
+/// The same when no provider can create servers: orders wait for a pool server.
+const OPEN_WITHOUT_PROVIDER: &str = "(status IN ('provisioning', 'configuring')
+                     OR (release_requested_at IS NOT NULL AND released_at IS NULL))";
 
 impl OrderRunner {
     pub fn new(db: Db, clock: SharedClock, settings: RunnerSettings) -> Self {
@@ -144,7 +146,7 @@ impl OrderRunner {
         };
         let candidates: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM server_provisioning_queue
-             WHERE status IN {open} AND COALESCE(next_run_at, 0) <= $1
+             WHERE {open} AND COALESCE(next_run_at, 0) <= $1
                AND (lease_until IS NULL OR lease_until <= $1)
              ORDER BY COALESCE(next_run_at, 0), id LIMIT $2"
         )))
@@ -160,7 +162,7 @@ impl OrderRunner {
         for (id,) in candidates {
             let taken = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE server_provisioning_queue SET lease_owner = $1, lease_until = $2
-                 WHERE id = $3 AND status IN {open} AND (lease_until IS NULL OR lease_until <= $4)"
+                 WHERE id = $3 AND {open} AND (lease_until IS NULL OR lease_until <= $4)"
             )))
             .bind(&self.worker_id)
             .bind(now + self.settings.lease)

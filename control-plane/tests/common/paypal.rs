@@ -69,3 +69,9 @@ pub fn sale_completed(event_id: &str, sale_id: &str, subscription_id: &str, tota
         r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"sale","event_type":"PAYMENT.SALE.COMPLETED","resource":{{"id":"{sale_id}","state":"completed","amount":{{"total":"{total}","currency":"USD"}},"payment_mode":"INSTANT_TRANSFER","billing_agreement_id":"{subscription_id}"}}}}"#
     )
 }
+
+pub fn cancelled(event_id: &str, subscription_id: &str) -> String {
+    format!(
+        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"subscription","event_type":"BILLING.SUBSCRIPTION.CANCELLED","resource":{{"id":"{subscription_id}","status":"CANCELLED"}}}}"#
+    )
+}

@@ -1,0 +1,5 @@
+-- The end of a dedicated subscription releases its order's server: a pool server goes to
+-- maintenance (an operator wipes it before it is pooled again) at once; an instance created
+-- for the order is cancelled at the provider by the order runner, and its server retired.
+ALTER TABLE server_provisioning_queue ADD COLUMN release_requested_at INTEGER;
+ALTER TABLE server_provisioning_queue ADD COLUMN released_at INTEGER;
