@@ -16,6 +16,7 @@ use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use truevault_control_plane::billing::fake_paypal::FakePayPal;
+use truevault_control_plane::clock::Clock as _;
 use truevault_proto::v1::{AgentMessage, EnrollRequest, Hello, agent_message};
 use truevault_provisioning::fake::contabo::{self as fake_contabo, FakeContabo, Fault, Route};
 
@@ -24,6 +25,7 @@ engine_tests!(
     a_late_order_fails_tells_buyer_and_operator_and_a_retry_resumes_it,
     an_interrupted_run_is_resumed_by_another_process_without_a_second_create,
     a_cancelled_dedicated_subscription_gives_its_servers_back,
+    a_retry_after_the_deadline_reboots_the_instance_with_a_fresh_token,
 );
 
 const OPERATOR: &str = "ops@truevault.example";
@@ -518,4 +520,70 @@ async fn a_cancelled_dedicated_subscription_gives_its_servers_back(engine: Engin
     app.advance(POLL);
     assert_eq!(app.state.orders().run_due().await.unwrap(), 0);
     assert_eq!(contabo.calls(Route::Create), 1);
+}
+
+async fn a_retry_after_the_deadline_reboots_the_instance_with_a_fresh_token(engine: Engine) {
+    let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
+    let app = app(engine, &paypal, &contabo).await;
+    // The node enrolls after the clock has moved past the deadline: start it that far in the
+    // past, so the certificate it gets is already valid by the real clock TLS checks it with.
+    app.clock.set(app.clock.now_ms() - 45 * 60 * 1000);
+    buy(&app, &paypal, "slow@example.com", "eu-de").await;
+    app.run_tasks().await;
+    app.state.orders().run_due().await.unwrap();
+    let id = contabo.instances()[0].id;
+    let address = Ipv4Addr::new(198, 51, 100, 40);
+    contabo.boot(id, address);
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    let token_file = "/etc/truevault/enrollment-token";
+    let first_token = contabo.instances()[0].written_file(token_file).unwrap();
+
+    // The instance runs but its agent never connects: the order fails at the deadline, and
+    // the token in its cloud-init expires with it.
+    app.advance(Duration::from_secs(31 * 60));
+    app.state.orders().run_due().await.unwrap();
+    let admin = app.admin_token().await;
+    let order = order_of(&app, &admin, "slow@example.com").await;
+    assert_eq!(order["status"], "failed", "{order}");
+
+    // Retried, the order finds the node still without a usable token: the instance is
+    // reinstalled with a new cloud-init, boots again and enrolls with the new token.
+    let retry = format!("/api/v1/admin/orders/{}/retry", order["id"]);
+    let (status, body) = app.post_auth(&retry, &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app.post_auth(&retry, &admin, None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "order_not_failed"),
+        "a second retry finds nothing to retry"
+    );
+    app.state.orders().run_due().await.unwrap();
+    let instance = contabo.instances()[0].clone();
+    assert_eq!(instance.reinstalls, 1);
+    let second_token = instance.written_file(token_file).unwrap();
+    assert_ne!(first_token, second_token);
+    assert_eq!(
+        order_of(&app, &admin, "slow@example.com").await["status"],
+        "provisioning"
+    );
+    contabo.boot(id, address);
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    let _node = boot_node(&app, &contabo.instances()[0]).await;
+    let server = order_of(&app, &admin, "slow@example.com").await["server_id"]
+        .as_i64()
+        .unwrap();
+    for _ in 0..100 {
+        if server_status(&app, server).await.0 == "online" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    let order = order_of(&app, &admin, "slow@example.com").await;
+    assert_eq!(order["status"], "completed", "{order}");
+    assert_eq!(order["attempt"], 1);
+    assert_eq!(contabo.calls(Route::Create), 1, "never a second instance");
 }

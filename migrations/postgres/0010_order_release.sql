@@ -3,3 +3,6 @@
 -- for the order is cancelled at the provider by the order runner, and its server retired.
 ALTER TABLE server_provisioning_queue ADD COLUMN release_requested_at BIGINT;
 ALTER TABLE server_provisioning_queue ADD COLUMN released_at BIGINT;
+-- When the runner last sent a create for the order: a process taking the order over waits
+-- out the provider's settle time from then before it believes "no such instance".
+ALTER TABLE server_provisioning_queue ADD COLUMN create_sent_at BIGINT;

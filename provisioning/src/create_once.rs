@@ -55,8 +55,22 @@ pub async fn create_once(
     request: &CreateInstance,
     policy: RetryPolicy,
 ) -> Result<Instance> {
+    create_once_resuming(provider, request, policy, None).await
+}
+
+/// As [`create_once`], for a caller taking over from one that stopped: `last_create_age` is
+/// how long ago that caller last sent a create for this name (it may still land), so "no such
+/// instance" is believed only once `settle` has passed since then.
+pub async fn create_once_resuming(
+    provider: &dyn Provider,
+    request: &CreateInstance,
+    policy: RetryPolicy,
+    last_create_age: Option<Duration>,
+) -> Result<Instance> {
     let mut attempt = 0;
-    let mut unsure_since: Option<Instant> = None;
+    let mut unsure_since: Option<Instant> = last_create_age
+        .filter(|age| *age < policy.settle)
+        .map(|age| Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
     loop {
         let error = match provider.find_by_name(&request.display_name).await {
             Ok(Some(existing)) => return Ok(existing),

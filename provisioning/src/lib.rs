@@ -17,7 +17,7 @@ pub mod fake;
 pub mod provider;
 mod secret;
 
-pub use create_once::{RetryPolicy, create_once};
+pub use create_once::{RetryPolicy, create_once, create_once_resuming};
 pub use error::{Error, Result};
 pub use provider::{CreateInstance, Instance, InstanceStatus, Provider};
 pub use secret::Secret;

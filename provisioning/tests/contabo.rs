@@ -11,6 +11,7 @@ use truevault_provisioning::fake::contabo::{
 };
 use truevault_provisioning::{
     CreateInstance, Error, InstanceStatus, Provider, RetryPolicy, Secret, create_once,
+    create_once_resuming,
 };
 
 /// Short pauses so faults cost milliseconds; `settle` outlasts the slow-create fault.
@@ -256,4 +257,31 @@ async fn cancel_and_reinstall_reach_the_instance() {
     assert_eq!(stored.user_data, "#cloud-config\nhostname: again\n");
     assert!(stored.cancelled);
     assert!(contabo.cancel("not-a-number").await.is_err());
+}
+
+#[tokio::test]
+async fn a_process_taking_over_waits_for_the_create_its_predecessor_sent() {
+    let fake = fake().await;
+    let request = order(7);
+    // The first process sends a slow create and stops while it is in flight.
+    fake.inject(Route::Create, [Fault::Slow(Duration::from_millis(700))]);
+    let first = Contabo::new(settings(&fake)).unwrap();
+    let sent = {
+        let request = request.clone();
+        tokio::spawn(async move { create_once(&first, &request, POLICY).await })
+    };
+    while fake.calls(Route::Create) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sent.abort();
+    // The next one knows a create went out just now: it finds that instance when it lands
+    // instead of sending its own (without that knowledge its first lookup sees nothing).
+    let second = Contabo::new(settings(&fake)).unwrap();
+    let instance = create_once_resuming(&second, &request, POLICY, Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    let named = fake.named(&request.display_name);
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(instance.id, named[0].id.to_string());
+    assert_eq!(fake.calls(Route::Create), 1);
 }

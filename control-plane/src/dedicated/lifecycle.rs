@@ -16,19 +16,16 @@
 //! of the one that took over.
 
 use serde_json::json;
-use truevault_provisioning::cloud_init::{self, NodeBootstrap};
-use truevault_provisioning::{CreateInstance, create_once};
 
 use crate::audit::{self, Actor};
 use crate::automation::outbox::{self, OutgoingMail};
-use crate::clock::{MINUTE, Millis};
+use crate::clock::Millis;
 use crate::devices::addresses::random_ula64;
 use crate::error::{Error, Result};
-use crate::nodes::enrollment;
 use crate::servers::country_of;
 
 use super::orders;
-use super::runner::{OrderRunner, Provisioning};
+use super::runner::OrderRunner;
 
 /// An open order as the runner reads it.
 #[derive(Debug)]
@@ -45,6 +42,8 @@ pub(super) struct Open {
     pub(super) attempt: i64,
     /// The buyer's subscription ended: the server is to be given back (`release`).
     pub(super) releasing: bool,
+    /// When a create was last sent for this order (by any process).
+    pub(super) create_sent_at: Option<Millis>,
 }
 
 /// Whether the order moved to another state (and the next step runs at once) or waits.
@@ -63,6 +62,7 @@ type OpenRow = (
     Option<String>,
     Option<i64>,
     i64,
+    Option<i64>,
     Option<i64>,
     Option<i64>,
 );
@@ -92,7 +92,8 @@ impl OrderRunner {
     async fn load(&self, id: i64) -> Result<Option<Open>> {
         let row: Option<OpenRow> = sqlx::query_as(
             "SELECT user_id, status, region_preference, vpn_server_id, provider_display_name,
-                    provider_instance_id, deadline_at, attempt, server_pool_id, release_requested_at
+                    provider_instance_id, deadline_at, attempt, server_pool_id, release_requested_at,
+                    create_sent_at
              FROM server_provisioning_queue
              WHERE id = $1 AND lease_owner = $2 AND released_at IS NULL",
         )
@@ -112,6 +113,7 @@ impl OrderRunner {
                 attempt,
                 pool_id,
                 release_requested_at,
+                create_sent_at,
             )| Open {
                 id,
                 user_id,
@@ -124,6 +126,7 @@ impl OrderRunner {
                 deadline_at,
                 attempt,
                 releasing: release_requested_at.is_some(),
+                create_sent_at,
             },
         ))
     }
@@ -294,121 +297,6 @@ impl OrderRunner {
         Ok(Step::Moved)
     }
 
-    /// Creates the order's instance (or finds the one an earlier attempt made) and records
-    /// its id. `None` when the order waits (a transient failure) or failed.
-    async fn create(
-        &self,
-        order: &Open,
-        provisioning: &Provisioning,
-        server_id: i64,
-    ) -> Result<Option<String>> {
-        let name = order
-            .display_name
-            .clone()
-            .unwrap_or_else(|| format!("tv-order-{}", order.id));
-        let user_data = match self
-            .user_data(order, provisioning, server_id, &name)
-            .await?
-        {
-            Ok(document) => document,
-            Err(reason) => {
-                self.fail(order, &reason).await?;
-                return Ok(None);
-            }
-        };
-        let request = CreateInstance {
-            display_name: name,
-            region: order.region.clone(),
-            user_data,
-            trace_id: Some(format!("order-{}", order.id)),
-        };
-        let instance = match create_once(
-            provisioning.provider.as_ref(),
-            &request,
-            provisioning.create_policy,
-        )
-        .await
-        {
-            Ok(instance) => instance,
-            Err(e) if e.is_transient() => {
-                tracing::warn!(order = order.id, error = %e, "the instance is not created yet");
-                self.park(order.id, None).await?;
-                return Ok(None);
-            }
-            Err(e) => {
-                let reason = format!("creating the server at {}: {e}", provisioning.provider_name);
-                self.fail(order, &reason).await?;
-                return Ok(None);
-            }
-        };
-        let now = self.clock.now_ms();
-        let mut tx = self.db.begin_write().await?;
-        let recorded = sqlx::query(
-            "UPDATE server_provisioning_queue SET provider_instance_id = $1, updated_at = $2
-             WHERE id = $3 AND lease_owner = $4",
-        )
-        .bind(&instance.id)
-        .bind(now)
-        .bind(order.id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "UPDATE vpn_servers SET provider = $1, provider_instance_id = $2, updated_at = $3 WHERE id = $4",
-        )
-        .bind(&provisioning.provider_name)
-        .bind(&instance.id)
-        .bind(now)
-        .bind(server_id)
-        .execute(tx.conn())
-        .await?;
-        if recorded == 0 {
-            // Whoever holds the order now finds the instance by its name.
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        tx.commit().await?;
-        tracing::info!(order = order.id, instance = %instance.id, "instance created");
-        Ok(Some(instance.id))
-    }
-
-    /// The node's cloud-init, with a fresh single-use enrollment token valid until the
-    /// deadline. `Err` holds why it cannot be made (settings), which fails the order.
-    async fn user_data(
-        &self,
-        order: &Open,
-        provisioning: &Provisioning,
-        server_id: i64,
-        hostname: &str,
-    ) -> Result<std::result::Result<String, String>> {
-        let now = self.clock.now_ms();
-        let (ipv4_subnet, ipv6_subnet): (String, Option<String>) =
-            sqlx::query_as("SELECT ipv4_subnet, ipv6_subnet FROM vpn_servers WHERE id = $1")
-                .bind(server_id)
-                .fetch_one(self.db.pool())
-                .await?;
-        let ttl = order
-            .deadline_at
-            .map_or(self.settings.deadline, |d| d - now)
-            .max(10 * MINUTE);
-        let token = enrollment::issue(&self.db, server_id, ttl, Actor::System, None, now).await?;
-        let boot = &provisioning.bootstrap;
-        let node = NodeBootstrap {
-            hostname: hostname.to_owned(),
-            control_plane_url: boot.control_plane_url.clone(),
-            control_plane_name: boot.control_plane_name.clone(),
-            ca_pem: boot.ca_pem.clone(),
-            enrollment_token: truevault_provisioning::Secret::new(token.token.expose()),
-            interface: boot.interface.clone(),
-            agent_url: boot.agent_url.clone(),
-            agent_sha256: boot.agent_sha256.clone(),
-            tunnel_ipv4: ipv4_subnet,
-            tunnel_ipv6: ipv6_subnet,
-        };
-        Ok(cloud_init::render(&node).map_err(|e| e.to_string()))
-    }
-
     /// `configuring`: done once the node's agent is enrolled and online.
     async fn connect(&self, order: &Open) -> Result<Step> {
         let server: Option<(String, Option<String>)> = match order.server_id {
@@ -428,6 +316,11 @@ impl OrderRunner {
                 return self
                     .fail(order, "the node agent did not connect before the deadline")
                     .await;
+            }
+            if key.is_none() && !self.has_live_token(order).await? {
+                // Its token expired unused (an operator's retry after the deadline): only a
+                // fresh boot can give it a new one.
+                return self.reboot(order).await;
             }
             self.park(order.id, None).await?;
             return Ok(Step::Waits);
@@ -458,7 +351,7 @@ impl OrderRunner {
     }
 
     /// Fails the order with `reason`; the buyer and the operator are mailed, once per attempt.
-    async fn fail(&self, order: &Open, reason: &str) -> Result<Step> {
+    pub(super) async fn fail(&self, order: &Open, reason: &str) -> Result<Step> {
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
         let failed = sqlx::query(

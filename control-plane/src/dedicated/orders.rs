@@ -158,13 +158,18 @@ pub async fn serve_waiting(
     now: Millis,
 ) -> Result<Option<OrderView>> {
     // An order the runner is working on (leased) is left to it: it may be creating an
-    // instance for it right now.
-    let waiting: Option<(i64, i64)> = sqlx::query_as(
+    // instance for it right now. On PostgreSQL the row is locked too (one the runner is
+    // moving on is skipped), so the runner's guarded update and this one cannot both win.
+    let lock = match engine {
+        Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+        Engine::Sqlite => "",
+    };
+    let waiting: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT id, user_id FROM server_provisioning_queue
          WHERE status = 'pending' AND region_preference = $1
            AND (lease_until IS NULL OR lease_until <= $2)
-         ORDER BY created_at, id LIMIT 1",
-    )
+         ORDER BY created_at, id LIMIT 1{lock}"
+    )))
     .bind(region)
     .bind(now)
     .fetch_optional(&mut *conn)
@@ -386,18 +391,26 @@ pub async fn retry(
         (None, Some(_)) => "provisioning",
         (None, None) => "pending",
     };
-    sqlx::query(
+    let retried = sqlx::query(
         "UPDATE server_provisioning_queue
          SET status = $1, attempt = attempt + 1, error_message = NULL, deadline_at = $2,
              next_run_at = $3, lease_owner = NULL, lease_until = NULL, updated_at = $3
-         WHERE id = $4 AND status = 'failed'",
+         WHERE id = $4 AND status = 'failed' AND released_at IS NULL",
     )
     .bind(resume)
     .bind(now + deadline)
     .bind(now)
     .bind(id)
     .execute(tx.conn())
-    .await?;
+    .await?
+    .rows_affected();
+    if retried == 0 {
+        // Retried by someone else meanwhile, or its server was given back.
+        return Err(Error::conflict(
+            "order_not_failed",
+            "only a failed order whose server was not released can be retried",
+        ));
+    }
     audit::record(
         tx.conn(),
         audit::Entry {

@@ -6,8 +6,9 @@
 //! taken over once its leases lapse: a restart in any state resumes. Between steps an order
 //! sleeps until its `next_run_at` (the provider is polled every `poll`).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -57,13 +58,14 @@ pub struct OrderRunner {
     pub(super) clock: SharedClock,
     pub(super) settings: RunnerSettings,
     pub(super) worker_id: String,
+    /// Orders this process is working on: never claimed a second time while their work runs,
+    /// even if the lease lapsed meanwhile (the lease owner is the process, not the task).
+    in_flight: Mutex<HashSet<i64>>,
 }
 
-/// Orders a runner may pick up: open ones, and those whose server is to be released.
+/// Orders a runner picks up: open ones (a `pending` one without a provider only looks for a
+/// pool server), and those whose server is to be released.
 const OPEN: &str = "(status IN ('pending', 'provisioning', 'configuring')
-                     OR (release_requested_at IS NOT NULL AND released_at IS NULL))";
-/// The same when no provider can create servers: orders wait for a pool server.
-const OPEN_WITHOUT_PROVIDER: &str = "(status IN ('provisioning', 'configuring')
                      OR (release_requested_at IS NOT NULL AND released_at IS NULL))";
 
 impl OrderRunner {
@@ -77,7 +79,14 @@ impl OrderRunner {
                 std::process::id(),
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
+            in_flight: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn settings(&self) -> &RunnerSettings {
@@ -124,7 +133,9 @@ impl OrderRunner {
                         Err(e) => tracing::error!(error = %e, "order runner cannot claim orders"),
                     }
                 }
-                let _ = tokio::time::timeout(tick, shutdown.changed()).await;
+                if let Ok(Err(_)) = tokio::time::timeout(tick, shutdown.changed()).await {
+                    break; // the server is gone
+                }
             }
             // Steps are resumable: what was in flight is picked up again after a restart
             // (by this or another process once the leases lapse).
@@ -139,14 +150,9 @@ impl OrderRunner {
     /// Leases up to `limit` due orders to this process.
     async fn claim(&self, limit: usize) -> Result<Vec<i64>> {
         let now = self.clock.now_ms();
-        let open = if self.settings.provisioning.is_some() {
-            OPEN
-        } else {
-            OPEN_WITHOUT_PROVIDER
-        };
         let candidates: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM server_provisioning_queue
-             WHERE {open} AND COALESCE(next_run_at, 0) <= $1
+             WHERE {OPEN} AND COALESCE(next_run_at, 0) <= $1
                AND (lease_until IS NULL OR lease_until <= $1)
              ORDER BY COALESCE(next_run_at, 0), id LIMIT $2"
         )))
@@ -157,12 +163,13 @@ impl OrderRunner {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
+        let busy = self.in_flight().clone();
         let mut claimed = Vec::new();
         let mut tx = self.db.begin_write().await?;
-        for (id,) in candidates {
+        for (id,) in candidates.into_iter().filter(|(id,)| !busy.contains(id)) {
             let taken = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE server_provisioning_queue SET lease_owner = $1, lease_until = $2
-                 WHERE id = $3 AND {open} AND (lease_until IS NULL OR lease_until <= $4)"
+                 WHERE id = $3 AND {OPEN} AND (lease_until IS NULL OR lease_until <= $4)"
             )))
             .bind(&self.worker_id)
             .bind(now + self.settings.lease)
@@ -176,6 +183,7 @@ impl OrderRunner {
             }
         }
         tx.commit().await?;
+        self.in_flight().extend(claimed.iter().copied());
         Ok(claimed)
     }
 
@@ -183,6 +191,14 @@ impl OrderRunner {
     /// lost (this process stalled past it), the work stops where it is: every step re-checks
     /// the lease when it writes, and the new owner starts from what was recorded.
     async fn work_on(self: Arc<Self>, id: i64) {
+        /// Takes the order off this process's list however the work ends (aborted too).
+        struct Done<'a>(&'a OrderRunner, i64);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.in_flight().remove(&self.1);
+            }
+        }
+        let _done = Done(&self, id);
         let work = self.advance(id);
         let keep = self.keep_lease(id);
         tokio::select! {
@@ -198,29 +214,39 @@ impl OrderRunner {
         }
     }
 
+    /// Returns when the lease is lost, or when it could not be renewed for two thirds of its
+    /// length (then another process may take the order over soon: stop first).
     async fn keep_lease(&self, id: i64) {
-        let every = Duration::from_millis(u64::try_from(self.settings.lease / 3).unwrap_or(1000))
-            .max(Duration::from_millis(100));
+        let lease = Duration::from_millis(u64::try_from(self.settings.lease).unwrap_or(60_000));
+        let every = (lease / 3).max(Duration::from_millis(100));
+        let mut renewed_at = Instant::now();
         loop {
             tokio::time::sleep(every).await;
             match self.renew(id).await {
-                Ok(true) => {}
+                Ok(true) => renewed_at = Instant::now(),
                 Ok(false) => return,
-                // The database may be busy for a moment: the lease outlives a few misses.
-                Err(e) => tracing::warn!(order = id, error = %e, "cannot renew the order's lease"),
+                Err(e) => {
+                    tracing::warn!(order = id, error = %e, "cannot renew the order's lease");
+                    if renewed_at.elapsed() >= lease * 2 / 3 {
+                        return;
+                    }
+                }
             }
         }
     }
 
-    async fn renew(&self, id: i64) -> Result<bool> {
+    /// Extends this process's lease on the order; false if it no longer holds a live one.
+    pub(super) async fn renew(&self, id: i64) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
         let renewed = sqlx::query(
-            "UPDATE server_provisioning_queue SET lease_until = $1 WHERE id = $2 AND lease_owner = $3",
+            "UPDATE server_provisioning_queue SET lease_until = $1
+             WHERE id = $2 AND lease_owner = $3 AND lease_until > $4",
         )
         .bind(now + self.settings.lease)
         .bind(id)
         .bind(&self.worker_id)
+        .bind(now)
         .execute(tx.conn())
         .await?
         .rows_affected();

@@ -173,18 +173,26 @@ impl NodeStream {
         let db = &self.grpc.db;
         let applied = i64::try_from(hello.applied_revision).unwrap_or(i64::MAX);
         if session::needs_snapshot(db, self.server_id, applied, opened.revision).await? {
-            let (revision, interface, peers) = session::snapshot(db, self.server_id).await?;
-            let revision_u = u64::try_from(revision).unwrap_or_default();
-            for chunk in truevault_proto::snapshot_chunks(revision_u, Some(interface), peers) {
-                if !self.send(control_message::Body::Snapshot(chunk)).await {
-                    return Ok(false);
-                }
+            if !self.send_snapshot().await? {
+                return Ok(false);
             }
-            self.sent = revision;
         } else {
             self.sent = applied;
         }
         self.send_changes(registration).await
+    }
+
+    /// Sends every peer at the current revision, in chunks. False if the node went away.
+    async fn send_snapshot(&mut self) -> Result<bool> {
+        let (revision, interface, peers) = session::snapshot(&self.grpc.db, self.server_id).await?;
+        let revision_u = u64::try_from(revision).unwrap_or_default();
+        for chunk in truevault_proto::snapshot_chunks(revision_u, Some(interface), peers) {
+            if !self.send(control_message::Body::Snapshot(chunk)).await {
+                return Ok(false);
+            }
+        }
+        self.sent = revision;
+        Ok(true)
     }
 
     /// Sends every committed change after `sent`, in batches. False if the node went away.
@@ -197,6 +205,14 @@ impl NodeStream {
         while let Some(changes) =
             session::changes_since(&self.grpc.db, self.server_id, self.sent).await?
         {
+            let first = changes.changes.first().map(|c| c.revision);
+            if first.is_some_and(|r| i64::try_from(r).unwrap_or(i64::MAX) > self.sent + 1) {
+                // The log was pruned past where this node stands (while it caught up).
+                if !self.send_snapshot().await? {
+                    return Ok(false);
+                }
+                continue;
+            }
             self.sent = i64::try_from(changes.revision).unwrap_or(i64::MAX);
             // A short batch was everything there was: no second query to learn that.
             let more = changes.changes.len() >= session::CHANGES_BATCH_LEN;

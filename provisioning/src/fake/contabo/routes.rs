@@ -436,6 +436,9 @@ pub(super) async fn reinstall(
             if let Some(i) = world.instances.iter_mut().find(|i| i.id == instance.id) {
                 i.reinstalls += 1;
                 i.created_at = Instant::now();
+                // It boots again (keeping its address): a test says when, with `boot`.
+                i.booted_ipv4 = None;
+                i.forced_status = None;
                 i.user_data = body
                     .get("userData")
                     .and_then(Value::as_str)
