@@ -19,6 +19,7 @@ engine_tests!(
     a_failed_payment_runs_dunning_and_a_later_payment_ends_it,
     reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period_end,
     a_paid_dedicated_plan_gets_a_pool_server_and_the_ready_mail,
+    forged_deliveries_cost_paypal_calls_only_until_their_sender_is_cut_off,
 );
 
 async fn an_activation_converts_the_trial_once_however_often_it_is_delivered(engine: Engine) {
@@ -558,4 +559,58 @@ async fn a_paid_dedicated_plan_gets_a_pool_server_and_the_ready_mail(engine: Eng
         .get_auth("/api/v1/admin/orders?status=pending", &admin)
         .await;
     assert_eq!(pending.as_array().unwrap().len(), 1, "{pending}");
+}
+
+async fn forged_deliveries_cost_paypal_calls_only_until_their_sender_is_cut_off(engine: Engine) {
+    let fake = FakePayPal::start().await;
+    let app = app_with_paypal(engine, &fake, |_| {}).await;
+    let (_, token) = app.customer("target@example.com").await;
+    let (_, checkout) = app
+        .post_auth(
+            "/api/v1/billing/checkout",
+            &token,
+            Some(json!({ "plan": "personal" })),
+        )
+        .await;
+    let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
+
+    // A real delivery, stored; its replays are acknowledged without asking PayPal again.
+    let real = activation("WH-REAL", &subscription);
+    let signed = fake.sign(&real, WEBHOOK_ID);
+    assert_eq!(deliver(&app, &real, &signed).await.0, StatusCode::OK);
+    let asked = fake.verifications();
+    for _ in 0..3 {
+        assert_eq!(deliver(&app, &real, &signed).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        fake.verifications(),
+        asked,
+        "a replay needs no verification"
+    );
+
+    // Forged deliveries: each one is asked about, until the address has failed ten times.
+    for n in 0..10 {
+        let raw = activation(&format!("WH-FORGED-{n}"), &subscription);
+        let forged = fake.sign(&raw.replace("ACTIVE", "ACTIVE "), WEBHOOK_ID);
+        let (status, body) = deliver(&app, &raw, &forged).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "webhook_unverified")
+        );
+    }
+    assert_eq!(fake.verifications(), asked + 10);
+    let raw = activation("WH-FORGED-X", &subscription);
+    let forged = fake.sign(&raw.replace("ACTIVE", "ACTIVE "), WEBHOOK_ID);
+    let (status, body) = deliver(&app, &raw, &forged).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        "{body}"
+    );
+    assert_eq!(
+        fake.verifications(),
+        asked + 10,
+        "PayPal is not asked again"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM payment_events").await, 1);
 }

@@ -6,7 +6,7 @@ use axum::response::Html;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::accounts::Caller;
+use crate::accounts::{Caller, ClientInfo};
 use crate::billing::invoices::{self, InvoiceView};
 use crate::billing::payments::{CheckoutInput, CheckoutView};
 use crate::error::Error;
@@ -77,13 +77,27 @@ pub async fn checkout(
 /// PayPal's webhook: verified with PayPal, stored once per event id, processed as a task.
 /// The body is taken as text: the signature covers its exact bytes.
 #[utoipa::path(post, path = "/api/v1/billing/paypal/webhook", tag = "billing",
-    responses((status = 200), (status = 400, body = ErrorBody)))]
+    responses((status = 200), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn paypal_webhook(
     State(state): State<AppState>,
+    client: ClientInfo,
     headers: HeaderMap,
     body: String,
 ) -> Result<StatusCode, Error> {
-    state.payments().receive_webhook(&headers, &body).await?;
+    // Every unknown delivery costs a call to PayPal: an address whose deliveries keep failing
+    // verification is refused before that call.
+    if let Some(ip) = client.ip
+        && let Err(retry_after_secs) = state.webhook_failures().peek(ip)
+    {
+        return Err(Error::RateLimited { retry_after_secs });
+    }
+    let received = state.payments().receive_webhook(&headers, &body).await;
+    if let (Err(Error::InvalidRequest { code, .. }), Some(ip)) = (&received, client.ip)
+        && *code == "webhook_unverified"
+    {
+        let _ = state.webhook_failures().check(ip);
+    }
+    received?;
     // A replay is acknowledged too, so PayPal stops sending it.
     Ok(StatusCode::OK)
 }

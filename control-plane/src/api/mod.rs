@@ -54,6 +54,9 @@ struct Inner {
     db: Db,
     metrics: Arc<Metrics>,
     auth_limiter: RateLimiter,
+    /// Webhook deliveries that failed verification, per address: each one made us call the
+    /// payment provider, so a sender of forged deliveries is cut off quickly.
+    webhook_failures: RateLimiter,
     trusted_proxies: Vec<IpAddr>,
     max_body_bytes: usize,
     enrollment_token_ttl: crate::clock::Millis,
@@ -110,6 +113,8 @@ impl AppState {
                 settings.auth_rate_limit_burst,
                 settings.auth_rate_limit_per_minute,
             ),
+            // The provider's own deliveries never fail verification.
+            webhook_failures: RateLimiter::new(10, 10),
             trusted_proxies: settings.trusted_proxies.clone(),
             max_body_bytes: settings.max_body_bytes,
             enrollment_token_ttl: settings.enrollment_token_ttl,
@@ -136,6 +141,10 @@ impl AppState {
     /// The dedicated-server order runner (tests drive it with `run_due`).
     pub fn orders(&self) -> &Arc<OrderRunner> {
         &self.0.orders
+    }
+
+    pub(crate) fn webhook_failures(&self) -> &RateLimiter {
+        &self.0.webhook_failures
     }
 
     pub(crate) fn order_deadline(&self) -> crate::clock::Millis {

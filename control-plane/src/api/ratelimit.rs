@@ -1,5 +1,6 @@
-//! Per-client-address token buckets for the authentication routes. In memory, per replica:
-//! the cross-replica protection of an account is the lockout stored in the database.
+//! Per-client-address token buckets: requests to the authentication routes, and failed
+//! verifications of payment webhooks. In memory, per replica: the cross-replica protection of
+//! an account is the lockout stored in the database.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,6 +35,26 @@ impl RateLimiter {
     /// Takes one token for `ip`; on refusal, the seconds until one is available.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         self.check_at(ip, Instant::now())
+    }
+
+    /// Whether `ip` has a token left, without taking it; on refusal, the seconds until one is.
+    /// (For limits that charge only some outcomes, such as failed webhook verifications.)
+    pub fn peek(&self, ip: IpAddr) -> Result<(), u64> {
+        let now = Instant::now();
+        let buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tokens = buckets
+            .get(&bucket_key(ip))
+            .map_or(self.burst, |b| refill(b, now, self.burst, self.per_second));
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            let wait = ((1.0 - tokens) / self.per_second).ceil();
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Err(wait.max(1.0) as u64)
+        }
     }
 
     fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {

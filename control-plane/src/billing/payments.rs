@@ -190,6 +190,18 @@ impl Payments {
                 "a PayPal event has an id and an event_type",
             ));
         };
+        // A delivery of an event already stored changes nothing: it is acknowledged without
+        // asking the provider (so replaying a captured delivery costs it nothing).
+        let known: Option<(i64,)> = sqlx::query_as(
+            "SELECT id FROM payment_events WHERE provider = 'paypal' AND event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        if known.is_some() {
+            tracing::info!(event_id, event_type, "PayPal webhook replayed; ignored");
+            return Ok(false);
+        }
         if !provider.verify_webhook(headers, body).await? {
             tracing::warn!(event_id, event_type, "PayPal webhook failed verification");
             return Err(unverified());
