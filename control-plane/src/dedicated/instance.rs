@@ -152,18 +152,13 @@ impl OrderRunner {
 
     /// Whether the order's node can still enroll with a token it was given.
     pub(super) async fn has_live_token(&self, order: &Open) -> Result<bool> {
-        let (Some(server), Some(_)) = (order.server_id, &order.instance_id) else {
-            return Ok(true); // a pool server enrolled long ago, or nothing booted yet
-        };
-        let (live,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM node_enrollment_tokens
-             WHERE server_id = $1 AND used_at IS NULL AND expires_at > $2",
-        )
-        .bind(server)
-        .bind(self.clock.now_ms())
-        .fetch_one(self.db.pool())
-        .await?;
-        Ok(live > 0)
+        match (order.server_id, &order.instance_id) {
+            (Some(server), Some(_)) => {
+                enrollment::has_live_token(&self.db, server, self.clock.now_ms()).await
+            }
+            // A pool server enrolled long ago, or nothing booted yet.
+            _ => Ok(true),
+        }
     }
 
     /// Reinstalls the order's instance with a new cloud-init (a fresh token) and waits for it

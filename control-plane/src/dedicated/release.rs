@@ -13,6 +13,7 @@ use sqlx::AnyConnection;
 use crate::audit::{self, Actor};
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::nodes::enrollment;
 
 use super::lifecycle::{Open, Step};
 use super::runner::OrderRunner;
@@ -132,13 +133,7 @@ impl OrderRunner {
                 .bind(server)
                 .execute(tx.conn())
                 .await?;
-            sqlx::query(
-                "UPDATE node_certificates SET revoked_at = $1 WHERE server_id = $2 AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(server)
-            .execute(tx.conn())
-            .await?;
+            enrollment::revoke_in(tx.conn(), server, now).await?;
         }
         audit::record(
             tx.conn(),

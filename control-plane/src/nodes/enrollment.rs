@@ -123,14 +123,7 @@ pub async fn revoke_certificates(
     if exists.is_none() {
         return Err(Error::NotFound("server"));
     }
-    let revoked = sqlx::query(
-        "UPDATE node_certificates SET revoked_at = $1 WHERE server_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(now)
-    .bind(server_id)
-    .execute(tx.conn())
-    .await?
-    .rows_affected();
+    let revoked = revoke_in(tx.conn(), server_id, now).await?;
     audit::record(
         tx.conn(),
         audit::Entry {
@@ -146,4 +139,29 @@ pub async fn revoke_certificates(
     .await?;
     tx.commit().await?;
     Ok(revoked)
+}
+
+/// Revokes the server's certificates inside the caller's transaction (which audits it).
+pub async fn revoke_in(conn: &mut AnyConnection, server_id: i64, now: Millis) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE node_certificates SET revoked_at = $1 WHERE server_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(server_id)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Whether the server has a token it can still enroll with (issued, unused, unexpired).
+pub async fn has_live_token(db: &Db, server_id: i64, now: Millis) -> Result<bool> {
+    let (live,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM node_enrollment_tokens
+         WHERE server_id = $1 AND used_at IS NULL AND expires_at > $2",
+    )
+    .bind(server_id)
+    .bind(now)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(live > 0)
 }
