@@ -107,6 +107,65 @@ fn field(field: &'static str, code: &'static str, message: &str) -> FieldError {
     FieldError::new(field, code, message)
 }
 
+/// A server row as stored: operators' input validated by [`create`], or the row the order
+/// runner makes for a new dedicated instance.
+#[derive(Debug)]
+pub struct NewServer<'a> {
+    pub name: &'a str,
+    /// `manual`, or the cloud provider it runs at.
+    pub provider: &'a str,
+    pub region: &'a str,
+    pub country: &'a str,
+    /// Empty until known (a booting instance).
+    pub endpoint_host: &'a str,
+    pub endpoint_port: i64,
+    pub public_key: Option<&'a str>,
+    pub ipv4_subnet: &'a str,
+    pub ipv6_subnet: Option<&'a str>,
+    pub server_type: &'a str,
+    pub dedicated_user_id: Option<i64>,
+    pub status: &'a str,
+}
+
+/// Inserts the row (and, for a dedicated server, records it as its owner's); returns its id.
+/// Errors are the database's, for the caller to map (name or key taken, unknown owner).
+pub async fn insert(
+    conn: &mut AnyConnection,
+    server: &NewServer<'_>,
+    now: Millis,
+) -> std::result::Result<i64, sqlx::Error> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO vpn_servers (uuid, name, provider, region, country, endpoint_host, endpoint_port, wg_public_key,
+                                  ipv4_subnet, ipv6_subnet, server_type, dedicated_user_id, status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) RETURNING id",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(server.name)
+    .bind(server.provider)
+    .bind(server.region)
+    .bind(server.country)
+    .bind(server.endpoint_host)
+    .bind(server.endpoint_port)
+    .bind(server.public_key)
+    .bind(server.ipv4_subnet)
+    .bind(server.ipv6_subnet)
+    .bind(server.server_type)
+    .bind(server.dedicated_user_id)
+    .bind(server.status)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    if let Some(owner) = server.dedicated_user_id {
+        sqlx::query("UPDATE users SET dedicated_server_id = $1, updated_at = $2 WHERE id = $3")
+            .bind(id)
+            .bind(now)
+            .bind(owner)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(id)
+}
+
 pub async fn create(
     db: &Db,
     input: ServerInput,
@@ -227,28 +286,27 @@ pub async fn create(
     }
 
     let mut tx = db.begin_write().await?;
-    let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
-        "INSERT INTO vpn_servers (uuid, name, region, country, endpoint_host, endpoint_port, wg_public_key,
-                                  ipv4_subnet, ipv6_subnet, server_type, dedicated_user_id, status, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING id",
+    let inserted = insert(
+        tx.conn(),
+        &NewServer {
+            name: &name,
+            provider: "manual",
+            region: &region,
+            country: country.trim(),
+            endpoint_host: &endpoint_host,
+            endpoint_port: i64::from(port),
+            public_key: public_key.as_deref(),
+            ipv4_subnet: &ipv4_subnet,
+            ipv6_subnet: Some(&ipv6_subnet),
+            server_type: &server_type,
+            dedicated_user_id: input.dedicated_user_id,
+            status: &status,
+        },
+        now,
     )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(&name)
-    .bind(&region)
-    .bind(country.trim())
-    .bind(&endpoint_host)
-    .bind(i64::from(port))
-    .bind(public_key.as_deref())
-    .bind(&ipv4_subnet)
-    .bind(&ipv6_subnet)
-    .bind(&server_type)
-    .bind(input.dedicated_user_id)
-    .bind(&status)
-    .bind(now)
-    .fetch_one(tx.conn())
     .await;
-    let (id,) = match inserted {
-        Ok(row) => row,
+    let id = match inserted {
+        Ok(id) => id,
         Err(e) if is_unique_violation(&e, "name") => {
             return Err(Error::conflict(
                 "server_name_taken",
@@ -273,14 +331,6 @@ pub async fn create(
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(owner) = input.dedicated_user_id {
-        sqlx::query("UPDATE users SET dedicated_server_id = $1, updated_at = $2 WHERE id = $3")
-            .bind(id)
-            .bind(now)
-            .bind(owner)
-            .execute(tx.conn())
-            .await?;
-    }
     audit::record(
         tx.conn(),
         audit::Entry {

@@ -22,7 +22,7 @@ use crate::automation::outbox::{self, OutgoingMail};
 use crate::clock::Millis;
 use crate::devices::addresses::random_ula64;
 use crate::error::{Error, Result};
-use crate::servers::country_of;
+use crate::servers::{self, NewServer, country_of};
 
 use super::orders;
 use super::runner::OrderRunner;
@@ -173,28 +173,26 @@ impl OrderRunner {
             .unwrap_or_else(|| order.region.clone());
         // No endpoint yet: placement needs the node's key, which it only has once enrolled,
         // and the address is set before that, when the instance reports it.
-        let (server_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO vpn_servers (uuid, name, provider, region, country, endpoint_host, ipv4_subnet,
-                                      ipv6_subnet, server_type, dedicated_user_id, status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, '', '10.8.0.0/16', $6, 'dedicated', $7, 'provisioning', $8, $8)
-             RETURNING id",
+        let ipv6_subnet = random_ula64();
+        let server_id = servers::insert(
+            tx.conn(),
+            &NewServer {
+                name: &name,
+                provider: &provisioning.provider_name,
+                region: &order.region,
+                country: &country,
+                endpoint_host: "",
+                endpoint_port: 51820,
+                public_key: None,
+                ipv4_subnet: "10.8.0.0/16",
+                ipv6_subnet: Some(&ipv6_subnet),
+                server_type: "dedicated",
+                dedicated_user_id: Some(order.user_id),
+                status: "provisioning",
+            },
+            now,
         )
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(&name)
-        .bind(&provisioning.provider_name)
-        .bind(&order.region)
-        .bind(&country)
-        .bind(random_ula64())
-        .bind(order.user_id)
-        .bind(now)
-        .fetch_one(tx.conn())
         .await?;
-        sqlx::query("UPDATE users SET dedicated_server_id = $1, updated_at = $2 WHERE id = $3")
-            .bind(server_id)
-            .bind(now)
-            .bind(order.user_id)
-            .execute(tx.conn())
-            .await?;
         let moved = sqlx::query(
             "UPDATE server_provisioning_queue
              SET status = 'provisioning', vpn_server_id = $1, provider = $2, provider_display_name = $3,
