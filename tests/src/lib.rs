@@ -247,8 +247,48 @@ impl Api<'_> {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Option<(u16, Value)> {
-        let url = format!("{}{path}", self.base);
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let token = token.map(str::to_owned);
+        self.send(path, move |client, url| {
+            let mut req = client.request(method, url);
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            req
+        })
+    }
+
+    /// Posts `raw` exactly as given (a signed webhook) with extra headers.
+    pub fn post_raw(&self, path: &str, headers: &[(&str, String)], raw: &str) -> (u16, Value) {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let raw = raw.to_owned();
+        self.send(path, move |client, url| {
+            let mut req = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(raw);
+            for (name, value) in headers {
+                req = req.header(name, value);
+            }
+            req
+        })
+        .unwrap_or_else(|| panic!("POST {path}: no answer"))
+    }
+
+    /// Sends the request `build` makes, from a thread inside the namespace; the status and
+    /// the body (as JSON when it is), or `None` if nothing answered.
+    fn send(
+        &self,
+        path: &str,
+        build: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder + Send,
+    ) -> Option<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
         self.ns.enter(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -259,50 +299,11 @@ impl Api<'_> {
                     .timeout(Duration::from_secs(20))
                     .build()
                     .unwrap();
-                let mut req = client.request(method, url);
-                if let Some(token) = token {
-                    req = req.bearer_auth(token);
-                }
-                if let Some(body) = body {
-                    req = req.json(&body);
-                }
-                let resp = req.send().await.ok()?;
+                let resp = build(&client, url).send().await.ok()?;
                 let status = resp.status().as_u16();
                 let text = resp.text().await.ok()?;
                 let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
                 Some((status, value))
-            })
-        })
-    }
-
-    /// Posts `raw` exactly as given (a signed webhook) with extra headers.
-    pub fn post_raw(&self, path: &str, headers: &[(&str, String)], raw: &str) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
-        let raw = raw.to_owned();
-        self.ns.enter(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut req = reqwest::Client::new()
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(raw);
-                for (name, value) in headers {
-                    req = req.header(name, value);
-                }
-                let resp = req.send().await.expect("an answer");
-                let status = resp.status().as_u16();
-                let text = resp.text().await.unwrap();
-                (
-                    status,
-                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                )
             })
         })
     }
