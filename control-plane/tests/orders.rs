@@ -26,6 +26,7 @@ engine_tests!(
     an_interrupted_run_is_resumed_by_another_process_without_a_second_create,
     a_cancelled_dedicated_subscription_gives_its_servers_back,
     a_retry_after_the_deadline_reboots_the_instance_with_a_fresh_token,
+    two_processes_running_orders_at_once_create_one_server_per_order,
 );
 
 const OPERATOR: &str = "ops@truevault.example";
@@ -586,4 +587,41 @@ async fn a_retry_after_the_deadline_reboots_the_instance_with_a_fresh_token(engi
     assert_eq!(order["status"], "completed", "{order}");
     assert_eq!(order["attempt"], 1);
     assert_eq!(contabo.calls(Route::Create), 1, "never a second instance");
+}
+
+async fn two_processes_running_orders_at_once_create_one_server_per_order(engine: Engine) {
+    let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
+    let app = app(engine, &paypal, &contabo).await;
+    for n in 0..3 {
+        buy(&app, &paypal, &format!("many{n}@example.com"), "us-east").await;
+    }
+    app.run_tasks().await;
+    let replica = app.replica().await;
+    let (a, b) = tokio::join!(
+        app.state.orders().run_due(),
+        replica.state.orders().run_due()
+    );
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        3,
+        "each order claimed by one process"
+    );
+    let instances = contabo.instances();
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    let mut names: Vec<_> = instances.iter().map(|i| i.display_name.clone()).collect();
+    names.dedup();
+    assert_eq!(names.len(), 3);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM vpn_servers WHERE provider = 'contabo'")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) FROM server_provisioning_queue
+             WHERE status = 'provisioning' AND provider_instance_id IS NOT NULL"
+        )
+        .await,
+        3
+    );
 }
