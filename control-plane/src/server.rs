@@ -323,6 +323,7 @@ fn http_settings(settings: &Settings) -> HttpSettings {
         auth_rate_limit_burst: settings.auth_rate_limit_burst,
         auth_rate_limit_per_minute: settings.auth_rate_limit_per_minute,
         trusted_proxies: settings.trusted_proxies.clone(),
+        metrics_token: settings.metrics_token.clone(),
         max_body_bytes: settings.max_body_bytes,
         enrollment_token_ttl: enrollment_token_ttl(settings),
         order_deadline: order_deadline(settings),

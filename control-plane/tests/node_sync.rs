@@ -27,6 +27,7 @@ engine_tests!(
     a_node_gets_a_snapshot_then_every_change_and_its_acks_activate_devices,
     a_reconnecting_node_catches_up_and_its_old_stream_cannot_mark_it_offline,
     a_node_behind_the_pruned_change_log_gets_a_snapshot,
+    changes_handed_over_with_commits_and_changes_read_back_arrive_in_order_once,
 );
 
 /// PostgreSQL only (SQLite replicas are not a deployment): a device added through one replica
@@ -426,4 +427,66 @@ async fn a_node_behind_the_pruned_change_log_gets_a_snapshot(engine: Engine) {
     };
     assert_eq!(snapshot.peers.len(), 6);
     assert_eq!(snapshot.revision, 6);
+}
+
+/// Device adds hand their change rows to the hub with their commits (SQLite); a bulk removal
+/// logged through a bare connection does not, so the hub must read the log for it. Mixed in
+/// quick succession, with no wait between them, the node still gets every change once, in
+/// revision order (the periodic re-read is off in tests: nothing else could deliver them).
+async fn changes_handed_over_with_commits_and_changes_read_back_arrive_in_order_once(
+    engine: Engine,
+) {
+    let app = TestApp::start(engine).await;
+    let server = app.add_server("vpn1", "us-east", 1).await;
+    let server_id = server["id"].as_i64().unwrap();
+    let (ann, ann_token) = app.customer("ann@example.com").await;
+    let (bob, bob_token) = app.customer("bob@example.com").await;
+    app.set_plan(ann, "business").await;
+    app.set_plan(bob, "business").await;
+    let mut client = enrolled_client(&app, server_id, &common::base64_key(93)).await;
+    let mut node = NodeStream::open(&mut client, 0).await;
+    let control_message::Body::Snapshot(snapshot) = node.next().await else {
+        panic!("a node at revision 0 gets a snapshot")
+    };
+    assert!(snapshot.peers.is_empty());
+
+    let mut expected = Vec::new();
+    for round in 0..3u8 {
+        let bob_key = common::base64_key(50 + round);
+        add_device(&app, &bob_token, &format!("b{round}"), &bob_key).await;
+        expected.push((ChangeKind::Upsert, bob_key.clone()));
+        let ann_key = common::base64_key(60 + round);
+        add_device(&app, &ann_token, &format!("a{round}"), &ann_key).await;
+        expected.push((ChangeKind::Upsert, ann_key));
+        let mut tx = app.db().begin_write().await.unwrap();
+        let disabled = truevault_control_plane::devices::disable_all_for_users(
+            tx.conn(),
+            &[bob],
+            "test",
+            app.clock.now_ms(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(disabled, 1);
+        expected.push((ChangeKind::Remove, bob_key));
+    }
+
+    let mut received = Vec::new();
+    let mut revision = snapshot.revision;
+    while received.len() < expected.len() {
+        let control_message::Body::Changes(changes) = node.next().await else {
+            panic!("changes expected")
+        };
+        for change in changes.changes {
+            assert_eq!(
+                change.revision,
+                revision + 1,
+                "in order, none twice or missing"
+            );
+            revision = change.revision;
+            received.push((change.kind(), change.peer.unwrap().public_key));
+        }
+    }
+    assert_eq!(received, expected);
 }

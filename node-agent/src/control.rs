@@ -20,6 +20,10 @@ const RENEW_BEFORE: Duration = Duration::from_secs(10 * 24 * 3600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const CERT_FILE: &str = "node.crt";
+/// A renewal's new key and certificate, written beside the current ones before they replace
+/// them (see [`install_renewed`]).
+const NEXT_KEY_FILE: &str = "node.key.next";
+const NEXT_CERT_FILE: &str = "node.crt.next";
 
 /// A channel to the control plane, with the node's certificate when `with_identity`.
 pub async fn connect(config: &AgentConfig, dir: &StateDir, with_identity: bool) -> Result<Client> {
@@ -29,8 +33,9 @@ pub async fn connect(config: &AgentConfig, dir: &StateDir, with_identity: bool) 
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name(config.control_plane_name());
     if with_identity {
+        finish_install(dir)?;
         let cert = dir.read(CERT_FILE)?.ok_or(Error::NotEnrolled)?;
-        let key = dir.read("node.key")?.ok_or(Error::NotEnrolled)?;
+        let key = dir.read(keys::TLS_KEY_FILE)?.ok_or(Error::NotEnrolled)?;
         tls = tls.identity(Identity::from_pem(cert, key));
     }
     let channel = Channel::from_shared(config.control_plane_url.clone())
@@ -101,7 +106,8 @@ pub async fn enroll(
     Ok(())
 }
 
-/// Renews the client certificate (same key) when it is close to expiry.
+/// Renews the client certificate when it is close to expiry, for a new TLS key made here: a
+/// key that ever leaked stops being of use when its certificate expires.
 pub async fn renew_if_due(config: &AgentConfig, dir: &StateDir, store: &Store) -> Result<()> {
     let not_after = store.with(|a| a.certificate_not_after_ms);
     let due = i64::try_from(RENEW_BEFORE.as_millis()).unwrap_or(i64::MAX);
@@ -109,20 +115,45 @@ pub async fn renew_if_due(config: &AgentConfig, dir: &StateDir, store: &Store) -
         return Ok(());
     }
     let mut client = connect(config, dir, true).await?;
+    let key = keys::new_tls_key()?;
     let response = client
         .renew(RenewRequest {
-            csr_der: keys::csr(&dir.tls_key()?)?,
+            csr_der: keys::csr(&key)?,
         })
         .await?
         .into_inner();
-    dir.write_private(
-        CERT_FILE,
-        keys::pem("CERTIFICATE", &response.certificate_der).as_bytes(),
-    )?;
+    install_renewed(dir, &key, &response.certificate_der)?;
     store.update(|a| a.certificate_not_after_ms = response.not_after_ms);
     store.flush()?;
-    tracing::info!(not_after_ms = response.not_after_ms, "certificate renewed");
+    tracing::info!(
+        not_after_ms = response.not_after_ms,
+        "certificate renewed with a new key"
+    );
     Ok(())
+}
+
+/// Puts a renewed key and certificate in place. Two files cannot be replaced at once, so the
+/// pair is first written beside the current one, the certificate last: from then on the
+/// renewal counts, and [`finish_install`] moves both in (again after a crash, on the next
+/// connection).
+fn install_renewed(dir: &StateDir, key: &rcgen::KeyPair, cert_der: &[u8]) -> Result<()> {
+    dir.write_private(NEXT_KEY_FILE, key.serialize_pem().as_bytes())?;
+    dir.write_private(
+        NEXT_CERT_FILE,
+        keys::pem("CERTIFICATE", cert_der).as_bytes(),
+    )?;
+    finish_install(dir)
+}
+
+/// Completes a renewal whose new certificate was written, or drops a new key without one.
+fn finish_install(dir: &StateDir) -> Result<()> {
+    if dir.path(NEXT_CERT_FILE).exists() {
+        // The key first: a crash after it leaves the new certificate waiting, found again here.
+        dir.rename(NEXT_KEY_FILE, keys::TLS_KEY_FILE)?;
+        dir.rename(NEXT_CERT_FILE, CERT_FILE)
+    } else {
+        dir.remove(NEXT_KEY_FILE)
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -135,4 +166,47 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> (tempfile::TempDir, StateDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        state.write_private(keys::TLS_KEY_FILE, b"key A").unwrap();
+        state.write_private(CERT_FILE, b"cert A").unwrap();
+        (dir, state)
+    }
+
+    fn current(state: &StateDir) -> (String, String) {
+        (
+            state.read(keys::TLS_KEY_FILE).unwrap().unwrap(),
+            state.read(CERT_FILE).unwrap().unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_new_key_without_its_certificate_is_dropped() {
+        let (_dir, state) = state();
+        state.write_private(NEXT_KEY_FILE, b"key B").unwrap();
+        finish_install(&state).unwrap();
+        assert_eq!(current(&state), ("key A".into(), "cert A".into()));
+        assert!(!state.path(NEXT_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn a_renewal_interrupted_between_the_two_files_is_completed() {
+        let (_dir, state) = state();
+        state.write_private(NEXT_KEY_FILE, b"key B").unwrap();
+        state.write_private(NEXT_CERT_FILE, b"cert B").unwrap();
+        // The crash came after the key was moved in, before the certificate.
+        state.rename(NEXT_KEY_FILE, keys::TLS_KEY_FILE).unwrap();
+        finish_install(&state).unwrap();
+        assert_eq!(current(&state), ("key B".into(), "cert B".into()));
+        // Nothing pending: a second look changes nothing.
+        finish_install(&state).unwrap();
+        assert_eq!(current(&state), ("key B".into(), "cert B".into()));
+    }
 }

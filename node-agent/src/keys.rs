@@ -84,6 +84,26 @@ impl StateDir {
         write().map_err(|e| Error::file(&path, e))
     }
 
+    /// Renames `from` to `to` inside the directory (atomic), if `from` exists.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        match std::fs::rename(self.path(from), self.path(to)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::file(self.path(to), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes `name`, if it exists.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        match std::fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::file(self.path(name), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The WireGuard private key, generated on first use.
     pub fn wireguard_key(&self) -> Result<Secret> {
         if let Some(text) = self.read("wireguard.key")? {
@@ -98,13 +118,21 @@ impl StateDir {
 
     /// The TLS key (PEM), generated on first use.
     pub fn tls_key(&self) -> Result<rcgen::KeyPair> {
-        if let Some(pem) = self.read("node.key")? {
+        if let Some(pem) = self.read(TLS_KEY_FILE)? {
             return rcgen::KeyPair::from_pem(&pem).map_err(|e| Error::Keys(e.to_string()));
         }
-        let key = rcgen::KeyPair::generate().map_err(|e| Error::Keys(e.to_string()))?;
-        self.write_private("node.key", key.serialize_pem().as_bytes())?;
+        let key = new_tls_key()?;
+        self.write_private(TLS_KEY_FILE, key.serialize_pem().as_bytes())?;
         Ok(key)
     }
+}
+
+/// The node's TLS key file (PEM), beside its certificate (`control::CERT_FILE`).
+pub const TLS_KEY_FILE: &str = "node.key";
+
+/// A fresh TLS key pair (made on the node; only its public half ever leaves).
+pub fn new_tls_key() -> Result<rcgen::KeyPair> {
+    rcgen::KeyPair::generate().map_err(|e| Error::Keys(e.to_string()))
 }
 
 pub fn parse_key(base64_key: &str) -> Result<Key> {

@@ -1,7 +1,7 @@
 //! Customer routes for what they buy: plans, servers, promo codes, and their devices with
 //! WireGuard configs (text and QR code).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,7 @@ use crate::servers::{self, PublicServer};
 
 use super::AppState;
 use super::error::{ApiJson, ErrorBody, OptionalJson};
-use super::extract::limit_auth;
+use super::extract::{Path, limit_auth};
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()

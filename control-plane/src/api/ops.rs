@@ -1,4 +1,5 @@
-//! Operational endpoints: liveness, readiness, metrics and the OpenAPI document.
+//! Operational endpoints: liveness, readiness, metrics (for this machine or a scraper with the
+//! metrics token) and the OpenAPI document.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use utoipa::OpenApi as _;
 
 use crate::error::Error;
 
+use super::extract::MetricsReader;
 use super::{ApiDoc, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -41,7 +43,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(_reader: MetricsReader, State(state): State<AppState>) -> impl IntoResponse {
     (
         StatusCode::OK,
         [(

@@ -4,7 +4,8 @@
 //! disabled or re-enabled device is a peer change for its server).
 
 use serde_json::{Map, Value, json};
-use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
 
 use crate::clock::Millis;
 use crate::error::{Error, Result};
@@ -45,16 +46,6 @@ fn refused(code: &'static str, message: &str, extra: Value) -> Error {
     }
 }
 
-type Row = (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    i64,
-);
-
 /// Serializes every change to these users' access (device adds and deletes, plan changes,
 /// suspension, VIP changes, trial expiry) on PostgreSQL by locking their rows, in id order,
 /// for the rest of the transaction; SQLite's single writer already serializes them. Always
@@ -80,30 +71,44 @@ pub async fn lock_users(conn: &mut AnyConnection, user_ids: &[i64]) -> Result<()
 }
 
 /// The user's entitlement and the devices counting against it (everything not disabled), in
-/// one query: adding a device is on the hot path.
+/// one row; `$1` is the user. Read with [`from_row`].
+pub(super) const QUERY: &str =
+    "SELECT u.status AS user_status, u.vip_tier, s.plan_type, s.status AS subscription_status,
+            s.trial_ends, p.max_devices,
+            (SELECT COUNT(*) FROM devices d WHERE d.user_id = u.id AND d.status <> 'disabled') AS counted
+     FROM users u
+     LEFT JOIN subscriptions s ON s.id = (SELECT MAX(id) FROM subscriptions WHERE user_id = u.id)
+     LEFT JOIN plans p ON p.code = s.plan_type
+     WHERE u.id = $1";
+/// How many columns [`QUERY`] has.
+pub(super) const COLUMNS: usize = 7;
+
+/// The entitlement and the counted devices from [`QUERY`]'s columns, from `first` on.
+pub(super) fn from_row(row: &AnyRow, first: usize, now: Millis) -> Result<(Entitlement, i64)> {
+    let verdict = judge(
+        row.try_get(first)?,
+        row.try_get(first + 1)?,
+        row.try_get(first + 2)?,
+        row.try_get(first + 3)?,
+        row.try_get(first + 4)?,
+        row.try_get(first + 5)?,
+        now,
+    );
+    Ok((verdict, row.try_get(first + 6)?))
+}
+
+/// The user's entitlement and the devices counting against it.
 pub async fn entitlement(
     conn: &mut AnyConnection,
     user_id: i64,
     now: Millis,
 ) -> Result<(Entitlement, i64)> {
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT u.status, u.vip_tier, s.plan_type, s.status, s.trial_ends, p.max_devices,
-                (SELECT COUNT(*) FROM devices d WHERE d.user_id = u.id AND d.status <> 'disabled')
-         FROM users u
-         LEFT JOIN subscriptions s ON s.id = (SELECT MAX(id) FROM subscriptions WHERE user_id = u.id)
-         LEFT JOIN plans p ON p.code = s.plan_type
-         WHERE u.id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(conn)
-    .await?;
-    let Some((user_status, vip, plan, status, trial_ends, max_devices, devices)) = row else {
-        return Err(Error::NotFound("user"));
-    };
-    Ok((
-        judge(user_status, vip, plan, status, trial_ends, max_devices, now),
-        devices,
-    ))
+    let row = sqlx::query(QUERY)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(Error::NotFound("user"))?;
+    from_row(&row, 0, now)
 }
 
 /// What a user's account state allows.

@@ -3,8 +3,10 @@
 //! or not at all. Disabling always records peer removals: nothing is only a database flag.
 
 pub mod addresses;
+mod admission;
 pub mod client_config;
 pub mod entitlement;
+mod evacuation;
 pub mod keys;
 mod names;
 pub mod peers;
@@ -27,6 +29,7 @@ use self::peers::{Op, PeerChange};
 use self::placement::Placement;
 
 pub use self::entitlement::disable_all_for_users;
+pub use self::evacuation::EvacuationReport;
 pub use self::views::{
     CreatedDevice, DeviceServer, DeviceView, NewDevice, RenameDevice, RotateKey,
 };
@@ -159,8 +162,14 @@ impl Devices {
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
         self.lock_user(tx.conn(), user_id).await?;
-        let (entitlement, current) = entitlement::entitlement(tx.conn(), user_id, now).await?;
-        let (is_vip, max) = match entitlement {
+        let want = Placement {
+            server: input.server_id.as_deref(),
+            region: input.region.as_deref(),
+            default_region: self.regions.first().map(String::as_str),
+        };
+        let admission = admission::read(tx.conn(), user_id, &want, now).await?;
+        let current = admission.counted;
+        let (is_vip, max) = match admission.entitlement {
             Entitlement::Denied(refusal) => return Err(refusal),
             Entitlement::Unlimited { is_vip } => (is_vip, None),
             Entitlement::Limited(max) => {
@@ -170,16 +179,9 @@ impl Devices {
                 (false, Some(max))
             }
         };
-        let server = placement::choose(
-            tx.conn(),
-            user_id,
-            Placement {
-                server: input.server_id.as_deref(),
-                region: input.region.as_deref(),
-                default_region: self.regions.first().map(String::as_str),
-            },
-        )
-        .await?;
+        let Some(server) = admission.server else {
+            return Err(placement::unavailable(tx.conn(), user_id, &want).await?);
+        };
         let subnets = Subnets::parse(&server.ipv4_subnet, server.ipv6_subnet.as_deref())?;
         let host = addresses::allocate(
             tx.conn(),
@@ -235,8 +237,8 @@ impl Devices {
             }
             Err(e) => return Err(e.into()),
         };
-        peers::record(
-            tx.conn(),
+        peers::record_in(
+            &mut tx,
             &[PeerChange {
                 server_id: server.id,
                 op: Op::Upsert,
@@ -419,8 +421,8 @@ impl Devices {
             .fetch_one(tx.conn())
             .await?;
         if loaded.view.status != "disabled" {
-            peers::record(
-                tx.conn(),
+            peers::record_in(
+                &mut tx,
                 &[PeerChange {
                     server_id: loaded.server_id,
                     op: Op::Remove,
@@ -492,8 +494,8 @@ impl Devices {
             Err(e) => return Err(e.into()),
         }
         if enabled {
-            peers::record(
-                tx.conn(),
+            peers::record_in(
+                &mut tx,
                 &[PeerChange {
                     server_id: before.server_id,
                     op: Op::Upsert,

@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 
 use crate::clock::Millis;
 use crate::error::Result;
-use crate::storage::Db;
+use crate::storage::{Db, WriteTx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -16,7 +16,7 @@ pub enum Op {
 }
 
 impl Op {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Upsert => "upsert",
             Self::Remove => "remove",
@@ -36,13 +36,39 @@ pub struct PeerChange {
     pub reason: &'static str,
 }
 
-/// Records changes, each with the next revision of its server. Returns the revision of each
-/// change, in input order.
+/// A change as logged: its row id and its server's revision.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub id: i64,
+    pub server_id: i64,
+    pub revision: i64,
+    pub op: Op,
+    pub public_key: String,
+    pub old_public_key: Option<String>,
+    pub allowed_ips: Option<String>,
+}
+
+impl Logged {
+    fn new(change: &PeerChange, id: i64, revision: i64) -> Self {
+        Self {
+            id,
+            server_id: change.server_id,
+            revision,
+            op: change.op,
+            public_key: change.public_key.clone(),
+            old_public_key: change.old_public_key.clone(),
+            allowed_ips: change.allowed_ips.clone(),
+        }
+    }
+}
+
+/// Records changes, each with the next revision of its server. Returns them as logged, in
+/// input order.
 pub async fn record(
     conn: &mut AnyConnection,
     changes: &[PeerChange],
     now: Millis,
-) -> Result<Vec<i64>> {
+) -> Result<Vec<Logged>> {
     if conn.backend_name() == "PostgreSQL" {
         record_locking(conn, changes, now).await
     } else {
@@ -50,7 +76,13 @@ pub async fn record(
     }
 }
 
-const INSERT: &str = "INSERT INTO peer_changes (server_id, revision, op, device_id, public_key, old_public_key, allowed_ips, reason, created_at)";
+/// Records changes in a write transaction and hands them to the node hub with its commit, so
+/// the nodes get them without the hub reading them back (SQLite; see `storage::CommitFeed`).
+pub async fn record_in(tx: &mut WriteTx, changes: &[PeerChange], now: Millis) -> Result<()> {
+    let logged = record(tx.conn(), changes, now).await?;
+    tx.hand_over(logged);
+    Ok(())
+}
 
 /// SQLite: one statement per change. The writer is alone, so the row can read its server's
 /// revision in a subquery; a trigger (migration 0009) moves the server's revision up to it.
@@ -58,27 +90,12 @@ async fn record_single_writer(
     conn: &mut AnyConnection,
     changes: &[PeerChange],
     now: Millis,
-) -> Result<Vec<i64>> {
-    let mut revisions = Vec::with_capacity(changes.len());
+) -> Result<Vec<Logged>> {
+    let mut logged = Vec::with_capacity(changes.len());
     for c in changes {
-        let (revision,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{INSERT} VALUES ($1, (SELECT config_revision + 1 FROM vpn_servers WHERE id = $1),
-                              $2, $3, $4, $5, $6, $7, $8)
-             RETURNING revision"
-        )))
-        .bind(c.server_id)
-        .bind(c.op.as_str())
-        .bind(c.device_id)
-        .bind(&c.public_key)
-        .bind(c.old_public_key.as_deref())
-        .bind(c.allowed_ips.as_deref())
-        .bind(c.reason)
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?;
-        revisions.push(revision);
+        logged.push(insert(conn, c, None, now).await?);
     }
-    Ok(revisions)
+    Ok(logged)
 }
 
 /// PostgreSQL: one revision bump per server for the whole set (which locks the server rows,
@@ -87,7 +104,7 @@ async fn record_locking(
     conn: &mut AnyConnection,
     changes: &[PeerChange],
     now: Millis,
-) -> Result<Vec<i64>> {
+) -> Result<Vec<Logged>> {
     let mut per_server: BTreeMap<i64, i64> = BTreeMap::new();
     for c in changes {
         *per_server.entry(c.server_id).or_default() += 1;
@@ -113,29 +130,47 @@ async fn record_locking(
             .execute(&mut *conn)
             .await?;
     }
-    let mut revisions = Vec::with_capacity(changes.len());
+    let mut logged = Vec::with_capacity(changes.len());
     for c in changes {
         let revision = next.get_mut(&c.server_id).map_or(0, |r| {
             *r += 1;
             *r - 1
         });
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{INSERT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        )))
-        .bind(c.server_id)
-        .bind(revision)
-        .bind(c.op.as_str())
-        .bind(c.device_id)
-        .bind(&c.public_key)
-        .bind(c.old_public_key.as_deref())
-        .bind(c.allowed_ips.as_deref())
-        .bind(c.reason)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        revisions.push(revision);
+        logged.push(insert(conn, c, Some(revision), now).await?);
     }
-    Ok(revisions)
+    Ok(logged)
+}
+
+/// One change row, with the given revision, or (`None`: SQLite's single writer) its server's
+/// next one read in the statement itself.
+async fn insert(
+    conn: &mut AnyConnection,
+    c: &PeerChange,
+    revision: Option<i64>,
+    now: Millis,
+) -> Result<Logged> {
+    let next = match revision {
+        Some(_) => "$9",
+        None => "(SELECT config_revision + 1 FROM vpn_servers WHERE id = $1)",
+    };
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO peer_changes (server_id, revision, op, device_id, public_key, old_public_key,
+                                   allowed_ips, reason, created_at)
+         VALUES ($1, {next}, $2, $3, $4, $5, $6, $7, $8) RETURNING id, revision"
+    )))
+    .bind(c.server_id)
+    .bind(c.op.as_str())
+    .bind(c.device_id)
+    .bind(&c.public_key)
+    .bind(c.old_public_key.as_deref())
+    .bind(c.allowed_ips.as_deref())
+    .bind(c.reason)
+    .bind(now);
+    if let Some(revision) = revision {
+        query = query.bind(revision);
+    }
+    let (id, revision): (i64, i64) = query.fetch_one(&mut *conn).await?;
+    Ok(Logged::new(c, id, revision))
 }
 
 /// How many of each server's latest changes are kept. A node further behind than

@@ -7,9 +7,11 @@
 //!
 //! Wake-ups come from the commit itself. On PostgreSQL, `peers::record` sends a `NOTIFY`
 //! inside the transaction, which the server delivers on commit to every replica's listener.
-//! On SQLite (one process), every write commit pings the hub, which reads the new
-//! `peer_changes` rows once per burst of commits and hands each connected session its own rows
-//! (up to one batch), so the session sends them without querying again. A slow tick re-reads
+//! On SQLite (one process), every write commit tells the hub (`storage::CommitFeed`). Once per
+//! burst of commits the hub takes the new `peer_changes` rows, as handed over by the committing
+//! transactions when every commit meanwhile did so, else read from the table, and hands each
+//! connected session its own rows (up to one batch), so the session sends them without
+//! querying again. A slow tick re-reads
 //! the revisions on both engines (changes made by another process, a dropped listener;
 //! `node_resync_interval_secs`, 5 s) and marks silent nodes offline; a session whose handed
 //! rows do not follow on from what it sent reads `peer_changes` itself.
@@ -24,6 +26,7 @@ use tokio::sync::{Notify, watch};
 use truevault_proto::v1::{Changes, PeerChange};
 
 use crate::clock::SharedClock;
+use crate::devices::peers::Logged;
 use crate::error::Result;
 use crate::nodes::session;
 use crate::storage::{Db, Engine, placeholders};
@@ -179,10 +182,12 @@ impl Hub {
         nodes.keys().copied().collect()
     }
 
-    /// SQLite, after a commit: the change rows since the last look (read in batches, so the
-    /// cost grows with the new changes, not with the fleet), handed to the sessions of their
-    /// servers before those sessions are woken.
+    /// SQLite, after a commit: the change rows since the last look, handed to the sessions of
+    /// their servers before those sessions are woken. Rows the committing transactions handed
+    /// over are used as they are when they follow on from the last row seen; otherwise the
+    /// rows are read (in batches, so the cost grows with the new changes, not with the fleet).
     pub async fn refresh_new_changes(&self, db: &Db) -> Result<()> {
+        let committed = db.commits().take();
         if self
             .nodes
             .lock()
@@ -203,6 +208,24 @@ impl Hub {
                 .store(max.unwrap_or(0), Ordering::Release);
             return self.refresh(db).await;
         }
+        if committed.complete {
+            let fresh: Vec<&Logged> = committed.rows.iter().filter(|r| r.id > last).collect();
+            let follows = fresh
+                .iter()
+                .zip(last..)
+                .all(|(row, before)| row.id == before + 1);
+            if follows {
+                self.hand(
+                    fresh
+                        .iter()
+                        .map(|r| (r.server_id, session::change_from_logged(r))),
+                );
+                if let Some(row) = fresh.last() {
+                    self.last_change_id.fetch_max(row.id, Ordering::AcqRel);
+                }
+                return Ok(());
+            }
+        }
         loop {
             let rows = sqlx::query(
                 "SELECT id, server_id, revision, op, public_key, old_public_key, allowed_ips
@@ -213,36 +236,43 @@ impl Hub {
             .fetch_all(db.pool())
             .await?;
             let full = rows.len() >= usize::try_from(READ_BATCH).unwrap_or(usize::MAX);
-            let mut latest: HashMap<i64, i64> = HashMap::new();
-            {
-                let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
-                for row in rows {
-                    last = row.try_get(0)?;
-                    let server_id: i64 = row.try_get(1)?;
-                    let Some(entry) = nodes.get(&server_id) else {
-                        continue;
-                    };
-                    let change = session::change_from_row(&row, 2)?;
-                    latest.insert(
-                        server_id,
-                        i64::try_from(change.revision).unwrap_or(i64::MAX),
-                    );
-                    let mut handed = entry.handed.lock().unwrap_or_else(PoisonError::into_inner);
-                    if handed.len() >= HANDED_MAX {
-                        // Too far behind to hand over: it reads the database instead.
-                        handed.clear();
-                    }
-                    handed.push_back(change);
-                }
+            let mut changes = Vec::with_capacity(rows.len());
+            for row in &rows {
+                last = row.try_get(0)?;
+                changes.push((row.try_get(1)?, session::change_from_row(row, 2)?));
             }
-            // The rows are handed over before the wake-up, so a woken session finds them.
-            for (server_id, revision) in latest {
-                self.observe(server_id, revision);
-            }
+            self.hand(changes);
             self.last_change_id.fetch_max(last, Ordering::AcqRel);
             if !full {
                 return Ok(());
             }
+        }
+    }
+
+    /// Hands each change to its server's session, if connected, then wakes those sessions (the
+    /// rows are handed over first, so a woken session finds them).
+    fn hand(&self, changes: impl IntoIterator<Item = (i64, PeerChange)>) {
+        let mut latest: HashMap<i64, i64> = HashMap::new();
+        {
+            let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+            for (server_id, change) in changes {
+                let Some(entry) = nodes.get(&server_id) else {
+                    continue;
+                };
+                latest.insert(
+                    server_id,
+                    i64::try_from(change.revision).unwrap_or(i64::MAX),
+                );
+                let mut handed = entry.handed.lock().unwrap_or_else(PoisonError::into_inner);
+                if handed.len() >= HANDED_MAX {
+                    // Too far behind to hand over: it reads the database instead.
+                    handed.clear();
+                }
+                handed.push_back(change);
+            }
+        }
+        for (server_id, revision) in latest {
+            self.observe(server_id, revision);
         }
     }
 

@@ -10,7 +10,7 @@ use truevault_proto::v1::{
 };
 
 use crate::clock::Millis;
-use crate::devices::peers;
+use crate::devices::peers::{self, Logged, Op};
 use crate::error::{Error, Result};
 use crate::storage::{Db, placeholders};
 
@@ -172,24 +172,47 @@ pub async fn changes_since(db: &Db, server_id: i64, after: i64) -> Result<Option
 /// A change from a `peer_changes` row whose columns from `first` on are `revision, op,
 /// public_key, old_public_key, allowed_ips`.
 pub fn change_from_row(row: &AnyRow, first: usize) -> Result<PeerChange> {
-    let revision: i64 = row.try_get(first)?;
     let op: String = row.try_get(first + 1)?;
-    let allowed: Option<String> = row.try_get(first + 4)?;
-    Ok(PeerChange {
+    Ok(change(
+        row.try_get(first)?,
+        op == "remove",
+        row.try_get(first + 2)?,
+        row.try_get(first + 3)?,
+        row.try_get::<Option<String>, _>(first + 4)?.as_deref(),
+    ))
+}
+
+/// A change as its transaction logged it.
+pub fn change_from_logged(logged: &Logged) -> PeerChange {
+    change(
+        logged.revision,
+        logged.op == Op::Remove,
+        logged.public_key.clone(),
+        logged.old_public_key.clone(),
+        logged.allowed_ips.as_deref(),
+    )
+}
+
+fn change(
+    revision: i64,
+    remove: bool,
+    public_key: String,
+    old_public_key: Option<String>,
+    allowed_ips: Option<&str>,
+) -> PeerChange {
+    PeerChange {
         revision: u64::try_from(revision).unwrap_or_default(),
-        kind: if op == "remove" {
+        kind: if remove {
             ChangeKind::Remove
         } else {
             ChangeKind::Upsert
         } as i32,
         peer: Some(Peer {
-            public_key: row.try_get(first + 2)?,
-            allowed_ips: allowed.as_deref().map(split_ips).unwrap_or_default(),
+            public_key,
+            allowed_ips: allowed_ips.map(split_ips).unwrap_or_default(),
         }),
-        old_public_key: row
-            .try_get::<Option<String>, _>(first + 3)?
-            .unwrap_or_default(),
-    })
+        old_public_key: old_public_key.unwrap_or_default(),
+    }
 }
 
 /// Acknowledgements received from a node and not yet recorded. They are recorded together a

@@ -4,7 +4,10 @@
 //! the few statements that differ live in named places with a `match` on [`Engine`]. The schema
 //! keeps to portable types (BIGINT milliseconds, TEXT, integer flags), see `migrations/`.
 
+mod commits;
 mod migrations;
+#[cfg(feature = "fake")]
+pub mod scratch;
 
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -13,10 +16,12 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
-use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::devices::peers::Logged;
 use crate::error::{Error, Result};
 
+pub use commits::{CommitFeed, Committed};
 pub use migrations::version_drift;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +68,8 @@ pub struct Db {
     /// SQLite has one writer at a time. Queuing writers here, in the process, keeps them off
     /// SQLite's busy-wait loop; readers are not affected (WAL).
     sqlite_writer: Option<Arc<Mutex<()>>>,
-    /// Notified after every write commit (coalesced): wakes the node hub on SQLite.
-    commits: Arc<Notify>,
+    /// Told of every write commit: wakes the node hub on SQLite.
+    commits: Arc<CommitFeed>,
 }
 
 /// A write transaction. On SQLite it is `BEGIN IMMEDIATE` and holds the process's write turn;
@@ -73,8 +78,11 @@ pub struct Db {
 #[derive(Debug)]
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
-    _turn: Option<OwnedMutexGuard<()>>,
-    commits: Arc<Notify>,
+    /// SQLite only: the process's write turn, held until the transaction ends.
+    turn: Option<OwnedMutexGuard<()>>,
+    commits: Arc<CommitFeed>,
+    /// Peer changes logged here, handed to the hub with the commit (SQLite).
+    logged: Vec<Logged>,
 }
 
 impl WriteTx {
@@ -82,9 +90,25 @@ impl WriteTx {
         &mut self.tx
     }
 
+    /// Hands these logged peer changes to the node hub when the transaction commits (see
+    /// [`CommitFeed`]); ignored on PostgreSQL, whose commits notify every replica instead.
+    pub fn hand_over(&mut self, rows: Vec<Logged>) {
+        if self.turn.is_some() {
+            self.logged.extend(rows);
+        }
+    }
+
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await?;
-        self.commits.notify_one();
+        let Self {
+            tx,
+            turn,
+            commits,
+            logged,
+        } = self;
+        tx.commit().await?;
+        // Still holding the write turn, so rows are handed over in commit order.
+        commits.committed(logged);
+        drop(turn);
         Ok(())
     }
 
@@ -142,12 +166,12 @@ impl Db {
             pool,
             engine,
             sqlite_writer: (engine == Engine::Sqlite).then(|| Arc::new(Mutex::new(()))),
-            commits: Arc::new(Notify::new()),
+            commits: Arc::default(),
         })
     }
 
-    /// Notified (one stored permit) after write commits; see `nodes::hub`.
-    pub fn commits(&self) -> Arc<Notify> {
+    /// Told of every write commit; see `nodes::hub`.
+    pub fn commits(&self) -> Arc<CommitFeed> {
         Arc::clone(&self.commits)
     }
 
@@ -167,14 +191,16 @@ impl Db {
                 let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
                 Ok(WriteTx {
                     tx,
-                    _turn: Some(turn),
+                    turn: Some(turn),
                     commits: Arc::clone(&self.commits),
+                    logged: Vec::new(),
                 })
             }
             None => Ok(WriteTx {
                 tx: self.pool.begin().await?,
-                _turn: None,
+                turn: None,
                 commits: Arc::clone(&self.commits),
+                logged: Vec::new(),
             }),
         }
     }

@@ -59,7 +59,10 @@ pub async fn run(agents: usize, adds: usize) -> Vec<String> {
 
     let mut tokens = Vec::with_capacity(agents);
     for i in 0..agents {
-        tokens.push(support::server_with_token(&db, &format!("fleet-{i}"), "10.8.0.0/16").await);
+        tokens.push(
+            truevault_e2e::in_process::server_with_token(&db, &format!("fleet-{i}"), "10.8.0.0/16")
+                .await,
+        );
     }
     let ca = std::fs::read_to_string(data.join("node-ca.pem")).unwrap();
     let (rss_before, _) = proc_stats(pid);
