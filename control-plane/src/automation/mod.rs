@@ -77,6 +77,7 @@ impl Automation {
             transport: MailTransport::from_settings(settings)?,
             steps: StepContext {
                 regions: settings.regions.clone(),
+                operator_email: settings.operator_email.clone(),
             },
             worker_id: format!(
                 "{}-{}",

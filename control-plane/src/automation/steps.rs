@@ -20,6 +20,8 @@ use super::workflows::{MAINTENANCE, NOOP, TRIAL_SIGNUP, VIP_SIGNUP};
 #[derive(Debug, Clone)]
 pub struct StepContext {
     pub regions: Vec<String>,
+    /// Where problems only a person can fix are mailed (a duplicate subscription's refund).
+    pub operator_email: Option<String>,
 }
 
 pub async fn run(
@@ -39,7 +41,7 @@ pub async fn run(
             .get("event")
             .and_then(serde_json::Value::as_i64)
             .ok_or_else(|| Error::internal(format!("task {} names no event", task.key)))?;
-        return payments::process_event(conn, row, now).await;
+        return payments::process_event(conn, row, ctx.operator_email.as_deref(), now).await;
     }
     let user_id = task
         .user_id
