@@ -358,34 +358,52 @@ pub async fn retire(
     now: Millis,
 ) -> Result<ServerView> {
     let mut tx = db.begin_write().await?;
-    let n = sqlx::query("UPDATE vpn_servers SET status = 'retired', updated_at = $1 WHERE id = $2 AND status <> 'retired'")
-        .bind(now)
-        .bind(id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+    let retired = retire_in(tx.conn(), id, actor, ip, now).await?;
     let view = get(tx.conn(), id).await?;
-    if n == 0 {
+    if !retired {
         return Err(Error::conflict(
             "server_retired",
             "this server is already retired",
         ));
     }
+    tx.commit().await?;
+    Ok(view)
+}
+
+/// Retires a server inside the caller's transaction, audited; false if it was already
+/// retired (or does not exist).
+pub async fn retire_in(
+    conn: &mut AnyConnection,
+    id: i64,
+    actor: Actor,
+    ip: Option<IpAddr>,
+    now: Millis,
+) -> Result<bool> {
+    let retired: Option<(String,)> = sqlx::query_as(
+        "UPDATE vpn_servers SET status = 'retired', updated_at = $1 WHERE id = $2 AND status <> 'retired'
+         RETURNING name",
+    )
+    .bind(now)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((name,)) = retired else {
+        return Ok(false);
+    };
     audit::record(
-        tx.conn(),
+        conn,
         audit::Entry {
             actor,
             action: "server.retired",
             target_type: Some("server"),
             target_id: Some(id.to_string()),
-            details: serde_json::json!({ "name": view.name }),
+            details: serde_json::json!({ "name": name }),
             ip,
         },
         now,
     )
     .await?;
-    tx.commit().await?;
-    Ok(view)
+    Ok(true)
 }
 
 /// The columns of `SELECT`, in order.

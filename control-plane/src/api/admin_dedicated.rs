@@ -1,6 +1,6 @@
 //! Operator routes for dedicated servers: the pool of pre-provisioned servers and the orders.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -15,7 +15,7 @@ use crate::error::{Error, FieldError};
 
 use super::AppState;
 use super::error::{ApiJson, ErrorBody};
-use super::extract::AdminCaller;
+use super::extract::{AdminCaller, Path, Query};
 
 const ORDER_STATUSES: &[&str] = &[
     "pending",

@@ -28,10 +28,7 @@ impl OrderRunner {
         provisioning: &Provisioning,
         server_id: i64,
     ) -> Result<Option<String>> {
-        let name = order
-            .display_name
-            .clone()
-            .unwrap_or_else(|| format!("tv-order-{}", order.id));
+        let name = order.instance_name();
         let user_data = match self
             .user_data(order, provisioning, server_id, &name)
             .await?
@@ -84,17 +81,15 @@ impl OrderRunner {
         };
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
-        let recorded = sqlx::query(
-            "UPDATE server_provisioning_queue SET provider_instance_id = $1, updated_at = $2
-             WHERE id = $3 AND lease_owner = $4",
-        )
-        .bind(&instance.id)
-        .bind(now)
-        .bind(order.id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+        let recorded = self
+            .write_leased(
+                tx.conn(),
+                order.id,
+                "provider_instance_id = $3, updated_at = $4",
+                None,
+                |q| q.bind(instance.id.clone()).bind(now),
+            )
+            .await?;
         sqlx::query(
             "UPDATE vpn_servers SET provider = $1, provider_instance_id = $2, updated_at = $3 WHERE id = $4",
         )
@@ -104,7 +99,7 @@ impl OrderRunner {
         .bind(server_id)
         .execute(tx.conn())
         .await?;
-        if recorded == 0 {
+        if !recorded {
             // Whoever holds the order now finds the instance by its name.
             tx.rollback().await?;
             return Ok(None);
@@ -172,10 +167,7 @@ impl OrderRunner {
             self.park(order.id, None).await?;
             return Ok(Step::Waits);
         };
-        let name = order
-            .display_name
-            .clone()
-            .unwrap_or_else(|| format!("tv-order-{}", order.id));
+        let name = order.instance_name();
         let user_data = match self.user_data(order, provisioning, server, &name).await? {
             Ok(document) => document,
             Err(reason) => return self.fail(order, &reason).await,
@@ -194,17 +186,16 @@ impl OrderRunner {
         }
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
-        let moved = sqlx::query(
-            "UPDATE server_provisioning_queue SET status = 'provisioning', updated_at = $1
-             WHERE id = $2 AND status = 'configuring' AND lease_owner = $3",
-        )
-        .bind(now)
-        .bind(order.id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        if moved == 0 {
+        let moved = self
+            .write_leased(
+                tx.conn(),
+                order.id,
+                "status = 'provisioning', updated_at = $3",
+                Some("status = 'configuring'"),
+                |q| q.bind(now),
+            )
+            .await?;
+        if !moved {
             tx.rollback().await?;
             return Ok(Step::Waits);
         }
@@ -230,18 +221,18 @@ impl RecordingCreates<'_> {
         let recorded = async {
             let now = self.runner.clock.now_ms();
             let mut tx = self.runner.db.begin_write().await?;
-            let n = sqlx::query(
-                "UPDATE server_provisioning_queue SET create_sent_at = $1
-                 WHERE id = $2 AND lease_owner = $3 AND lease_until > $1",
-            )
-            .bind(now)
-            .bind(self.order)
-            .bind(&self.runner.worker_id)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
+            let recorded = self
+                .runner
+                .write_leased(
+                    tx.conn(),
+                    self.order,
+                    "create_sent_at = $3",
+                    Some("lease_until > $3"),
+                    |q| q.bind(now),
+                )
+                .await?;
             tx.commit().await?;
-            Ok::<_, Error>(n == 1)
+            Ok::<_, Error>(recorded)
         };
         match recorded.await {
             Ok(true) => Ok(()),

@@ -17,6 +17,7 @@
 
 use serde_json::json;
 
+use crate::accounts;
 use crate::audit::{self, Actor};
 use crate::automation::outbox::{self, OutgoingMail};
 use crate::clock::Millis;
@@ -25,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::servers::{self, NewServer, country_of};
 
 use super::orders;
-use super::runner::OrderRunner;
+use super::runner::{LET_GO, OrderRunner};
 
 /// An open order as the runner reads it.
 #[derive(Debug)]
@@ -44,6 +45,19 @@ pub(super) struct Open {
     pub(super) releasing: bool,
     /// When a create was last sent for this order (by any process).
     pub(super) create_sent_at: Option<Millis>,
+}
+
+impl Open {
+    /// The instance's name at the provider: recorded when the order started, made from its id.
+    pub(super) fn instance_name(&self) -> String {
+        self.display_name
+            .clone()
+            .unwrap_or_else(|| instance_name(self.id))
+    }
+}
+
+fn instance_name(order: i64) -> String {
+    format!("tv-order-{order}")
 }
 
 /// Whether the order moved to another state (and the next step runs at once) or waits.
@@ -161,16 +175,18 @@ impl OrderRunner {
             self.park(order.id, None).await?;
             return Ok(Step::Waits);
         };
-        let name = format!("tv-order-{}", order.id);
-        let known_country: Option<(String,)> =
-            sqlx::query_as("SELECT country FROM vpn_servers WHERE region = $1 LIMIT 1")
-                .bind(&order.region)
-                .fetch_optional(tx.conn())
-                .await?;
-        let country = country_of(&order.region)
-            .map(str::to_owned)
-            .or(known_country.map(|(c,)| c))
-            .unwrap_or_else(|| order.region.clone());
+        let name = instance_name(order.id);
+        let country = match country_of(&order.region) {
+            Some(country) => country.to_owned(),
+            // A region outside the built-in map: as its other servers say, else its name.
+            None => sqlx::query_as::<_, (String,)>(
+                "SELECT country FROM vpn_servers WHERE region = $1 LIMIT 1",
+            )
+            .bind(&order.region)
+            .fetch_optional(tx.conn())
+            .await?
+            .map_or_else(|| order.region.clone(), |(c,)| c),
+        };
         // No endpoint yet: placement needs the node's key, which it only has once enrolled,
         // and the address is set before that, when the instance reports it.
         let ipv6_subnet = random_ula64();
@@ -193,23 +209,23 @@ impl OrderRunner {
             now,
         )
         .await?;
-        let moved = sqlx::query(
-            "UPDATE server_provisioning_queue
-             SET status = 'provisioning', vpn_server_id = $1, provider = $2, provider_display_name = $3,
-                 deadline_at = COALESCE(deadline_at, $4), started_at = COALESCE(started_at, $5), updated_at = $5
-             WHERE id = $6 AND status = 'pending' AND lease_owner = $7",
-        )
-        .bind(server_id)
-        .bind(&provisioning.provider_name)
-        .bind(&name)
-        .bind(now + self.settings.deadline)
-        .bind(now)
-        .bind(order.id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        if moved == 1 {
+        let moved = self
+            .write_leased(
+                tx.conn(),
+                order.id,
+                "status = 'provisioning', vpn_server_id = $3, provider = $4, provider_display_name = $5,
+                 deadline_at = COALESCE(deadline_at, $6), started_at = COALESCE(started_at, $7), updated_at = $7",
+                Some("status = 'pending'"),
+                |q| {
+                    q.bind(server_id)
+                        .bind(provisioning.provider_name.clone())
+                        .bind(name.clone())
+                        .bind(now + self.settings.deadline)
+                        .bind(now)
+                },
+            )
+            .await?;
+        if moved {
             tx.commit().await?;
             tracing::info!(order = order.id, server = server_id, %name, "creating a dedicated server");
         } else {
@@ -269,24 +285,22 @@ impl OrderRunner {
         };
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
-        let moved = sqlx::query(
-            "UPDATE server_provisioning_queue SET status = 'configuring', ip_address = $1, updated_at = $2
-             WHERE id = $3 AND status = 'provisioning' AND lease_owner = $4",
-        )
-        .bind(ipv4.to_string())
-        .bind(now)
-        .bind(order.id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+        let moved = self
+            .write_leased(
+                tx.conn(),
+                order.id,
+                "status = 'configuring', ip_address = $3, updated_at = $4",
+                Some("status = 'provisioning'"),
+                |q| q.bind(ipv4.to_string()).bind(now),
+            )
+            .await?;
         sqlx::query("UPDATE vpn_servers SET endpoint_host = $1, updated_at = $2 WHERE id = $3")
             .bind(ipv4.to_string())
             .bind(now)
             .bind(server_id)
             .execute(tx.conn())
             .await?;
-        if moved == 1 {
+        if moved {
             tx.commit().await?;
             tracing::info!(order = order.id, %ipv4, "the instance runs; waiting for its agent");
         } else {
@@ -325,19 +339,19 @@ impl OrderRunner {
         }
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE server_provisioning_queue
-             SET status = 'completed', completed_at = $1, next_run_at = NULL, lease_owner = NULL,
-                 lease_until = NULL, updated_at = $1
-             WHERE id = $2 AND status = 'configuring' AND lease_owner = $3",
-        )
-        .bind(now)
-        .bind(order.id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        if done == 0 {
+        let set = format!(
+            "status = 'completed', completed_at = $3, next_run_at = NULL, {LET_GO}, updated_at = $3"
+        );
+        let done = self
+            .write_leased(
+                tx.conn(),
+                order.id,
+                &set,
+                Some("status = 'configuring'"),
+                |q| q.bind(now),
+            )
+            .await?;
+        if !done {
             tx.rollback().await?;
             return Ok(Step::Waits);
         }
@@ -352,28 +366,20 @@ impl OrderRunner {
     pub(super) async fn fail(&self, order: &Open, reason: &str) -> Result<Step> {
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
-        let failed = sqlx::query(
-            "UPDATE server_provisioning_queue
-             SET status = 'failed', error_message = $1, next_run_at = NULL, lease_owner = NULL,
-                 lease_until = NULL, updated_at = $2
-             WHERE id = $3 AND lease_owner = $4 AND status IN ('pending', 'provisioning', 'configuring')",
-        )
-        .bind(reason)
-        .bind(now)
-        .bind(order.id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        if failed == 0 {
+        let set = format!(
+            "status = 'failed', error_message = $3, next_run_at = NULL, {LET_GO}, updated_at = $4"
+        );
+        let guard = "status IN ('pending', 'provisioning', 'configuring')";
+        let failed = self
+            .write_leased(tx.conn(), order.id, &set, Some(guard), |q| {
+                q.bind(reason.to_owned()).bind(now)
+            })
+            .await?;
+        if !failed {
             tx.rollback().await?;
             return Ok(Step::Waits);
         }
-        let (email, first_name): (String, String) =
-            sqlx::query_as("SELECT email, first_name FROM users WHERE id = $1")
-                .bind(order.user_id)
-                .fetch_one(tx.conn())
-                .await?;
+        let (email, first_name) = accounts::contact(tx.conn(), order.user_id).await?;
         outbox::enqueue(
             tx.conn(),
             OutgoingMail {

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use serde_json::json;
 
+use crate::accounts;
 use crate::audit::{self, Actor};
 use crate::automation::outbox::{self, OutgoingMail};
 use crate::billing::plans;
@@ -193,11 +194,7 @@ pub async fn serve_waiting(
 /// Mails the buyer about a new order: it is being set up, and it is ready when the pool
 /// served it at once. Each mail once per order.
 pub async fn notify_placed(conn: &mut AnyConnection, order: &OrderView, now: Millis) -> Result<()> {
-    let (email, first_name): (String, String) =
-        sqlx::query_as("SELECT email, first_name FROM users WHERE id = $1")
-            .bind(order.user_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    let (email, first_name) = accounts::contact(&mut *conn, order.user_id).await?;
     outbox::enqueue(
         &mut *conn,
         OutgoingMail {

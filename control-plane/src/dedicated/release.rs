@@ -14,9 +14,10 @@ use crate::audit::{self, Actor};
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::nodes::enrollment;
+use crate::servers;
 
 use super::lifecycle::{Open, Step};
-use super::runner::OrderRunner;
+use super::runner::{LET_GO, OrderRunner};
 
 /// An order not yet handed over stops as `failed`, saying why (both expressions read the row
 /// as it was before the statement).
@@ -111,28 +112,23 @@ impl OrderRunner {
         }
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
-        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE server_provisioning_queue
-             SET released_at = $1, next_run_at = NULL, lease_owner = NULL, lease_until = NULL,
-                 {STOPPED}, updated_at = $1
-             WHERE id = $2 AND lease_owner = $3 AND released_at IS NULL"
-        )))
-        .bind(now)
-        .bind(order.id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        if released == 0 {
+        let set =
+            format!("released_at = $3, next_run_at = NULL, {LET_GO}, {STOPPED}, updated_at = $3");
+        let released = self
+            .write_leased(
+                tx.conn(),
+                order.id,
+                &set,
+                Some("released_at IS NULL"),
+                |q| q.bind(now),
+            )
+            .await?;
+        if !released {
             tx.rollback().await?;
             return Ok(Step::Waits);
         }
         if let (Some(server), None) = (order.server_id, order.pool_id) {
-            sqlx::query("UPDATE vpn_servers SET status = 'retired', updated_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(server)
-                .execute(tx.conn())
-                .await?;
+            servers::retire_in(tx.conn(), server, Actor::System, None, now).await?;
             enrollment::revoke_in(tx.conn(), server, now).await?;
         }
         audit::record(

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use sqlx::AnyConnection;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use truevault_provisioning::{Provider, RetryPolicy};
@@ -62,6 +63,12 @@ pub struct OrderRunner {
     /// even if the lease lapsed meanwhile (the lease owner is the process, not the task).
     in_flight: Mutex<HashSet<i64>>,
 }
+
+/// An order's `UPDATE` as [`OrderRunner::write_leased`] takes it, for the statement's own values.
+pub(super) type LeasedWrite<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Gives the order's lease up (with the write that leaves the order waiting or closed).
+pub(super) const LET_GO: &str = "lease_owner = NULL, lease_until = NULL";
 
 /// Orders a runner picks up: open ones (a `pending` one without a provider only looks for a
 /// pool server), and those whose server is to be released.
@@ -239,19 +246,17 @@ impl OrderRunner {
     pub(super) async fn renew(&self, id: i64) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut tx = self.db.begin_write().await?;
-        let renewed = sqlx::query(
-            "UPDATE server_provisioning_queue SET lease_until = $1
-             WHERE id = $2 AND lease_owner = $3 AND lease_until > $4",
-        )
-        .bind(now + self.settings.lease)
-        .bind(id)
-        .bind(&self.worker_id)
-        .bind(now)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+        let renewed = self
+            .write_leased(
+                tx.conn(),
+                id,
+                "lease_until = $3",
+                Some("lease_until > $4"),
+                |q| q.bind(now + self.settings.lease).bind(now),
+            )
+            .await?;
         tx.commit().await?;
-        Ok(renewed == 1)
+        Ok(renewed)
     }
 
     /// Puts the order to sleep until `at` (default: the next poll) and gives up its lease.
@@ -259,20 +264,37 @@ impl OrderRunner {
         let now = self.clock.now_ms();
         let poll = i64::try_from(self.settings.poll.as_millis()).unwrap_or(i64::MAX / 2);
         let mut tx = self.db.begin_write().await?;
-        sqlx::query(
-            "UPDATE server_provisioning_queue
-             SET next_run_at = $1, deadline_at = COALESCE(deadline_at, $2), lease_owner = NULL,
-                 lease_until = NULL, updated_at = $3
-             WHERE id = $4 AND lease_owner = $5",
-        )
-        .bind(at.unwrap_or(now + poll))
-        .bind(now + self.settings.deadline)
-        .bind(now)
-        .bind(id)
-        .bind(&self.worker_id)
-        .execute(tx.conn())
+        let set = format!(
+            "next_run_at = $3, deadline_at = COALESCE(deadline_at, $4), {LET_GO}, updated_at = $5"
+        );
+        self.write_leased(tx.conn(), id, &set, None, |q| {
+            q.bind(at.unwrap_or(now + poll))
+                .bind(now + self.settings.deadline)
+                .bind(now)
+        })
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Writes the order's row only while this process holds its lease: `UPDATE ... SET {set}
+    /// WHERE id = $1 AND lease_owner = $2 [AND {guard}]`, so a process that stalled past its
+    /// lease changes nothing its successor did. `bind` binds the statement's own values, from
+    /// `$3` on. Returns whether the row was written.
+    pub(super) async fn write_leased<'q>(
+        &self,
+        conn: &mut AnyConnection,
+        order: i64,
+        set: &str,
+        guard: Option<&str>,
+        bind: impl FnOnce(LeasedWrite<'q>) -> LeasedWrite<'q>,
+    ) -> Result<bool> {
+        let guard = guard.map(|g| format!(" AND {g}")).unwrap_or_default();
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE server_provisioning_queue SET {set} WHERE id = $1 AND lease_owner = $2{guard}"
+        )))
+        .bind(order)
+        .bind(self.worker_id.clone());
+        Ok(bind(query).execute(conn).await?.rows_affected() == 1)
     }
 }

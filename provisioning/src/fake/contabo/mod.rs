@@ -63,8 +63,11 @@ pub struct FakeInstance {
     pub created_at: Instant,
     pub cancelled: bool,
     pub reinstalls: u32,
-    /// Set by [`FakeContabo::boot`]: runs with this address, whatever the boot time.
-    pub booted_ipv4: Option<Ipv4Addr>,
+    /// Set by [`FakeContabo::boot`]: its public address (kept across reinstalls, as Contabo
+    /// does); without it, one made from its id.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Set by [`FakeContabo::boot`], cleared by a reinstall: running, whatever the boot time.
+    pub booted: bool,
     /// Set by [`FakeContabo::set_status`]: a status Contabo may report (`error`,
     /// `pending_payment`, ...), with its `errorMessage`.
     pub forced_status: Option<(String, String)>,
@@ -216,7 +219,8 @@ impl FakeContabo {
             created_at: Instant::now(),
             cancelled: false,
             reinstalls: 0,
-            booted_ipv4: None,
+            ipv4: None,
+            booted: false,
             forced_status: None,
         });
         id
@@ -226,7 +230,8 @@ impl FakeContabo {
     /// runs the node itself gives the address its namespace has).
     pub fn boot(&self, id: i64, ipv4: Ipv4Addr) {
         if let Some(i) = self.world().instances.iter_mut().find(|i| i.id == id) {
-            i.booted_ipv4 = Some(ipv4);
+            i.ipv4 = Some(ipv4);
+            i.booted = true;
         }
     }
 
@@ -276,7 +281,7 @@ impl FakeContabo {
     }
 
     fn view(&self, instance: &FakeInstance) -> Value {
-        let up = instance.booted_ipv4.is_some() || instance.created_at.elapsed() >= self.boot_time;
+        let up = instance.booted || instance.created_at.elapsed() >= self.boot_time;
         let (status, error_message) = match &instance.forced_status {
             Some((status, message)) => (status.as_str(), message.as_str()),
             None if up => ("running", ""),
@@ -284,7 +289,7 @@ impl FakeContabo {
         };
         let n = instance.id % 250 + 1;
         let ipv4 = instance
-            .booted_ipv4
+            .ipv4
             .map_or_else(|| format!("203.0.113.{n}"), |ip| ip.to_string());
         json!({
             "tenantId": "DE",

@@ -335,7 +335,8 @@ pub(super) async fn create(
             created_at: Instant::now(),
             cancelled: false,
             reinstalls: 0,
-            booted_ipv4: None,
+            ipv4: None,
+            booted: false,
             forced_status: None,
         };
         world.instances.push(instance.clone());
@@ -436,8 +437,8 @@ pub(super) async fn reinstall(
             if let Some(i) = world.instances.iter_mut().find(|i| i.id == instance.id) {
                 i.reinstalls += 1;
                 i.created_at = Instant::now();
-                // It boots again (keeping its address): a test says when, with `boot`.
-                i.booted_ipv4 = None;
+                // It boots again, keeping its address (after the boot time, or a test's `boot`).
+                i.booted = false;
                 i.forced_status = None;
                 i.user_data = body
                     .get("userData")
