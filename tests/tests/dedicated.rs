@@ -10,7 +10,8 @@
 //! writes the files from the rendered `write_files`, downloads the agent from the configured
 //! URL and checks its SHA-256, and starts it with the config and token it was given. The agent
 //! enrolls and syncs; the order completes; the ready mail says the node's address; the
-//! customer's new device lands on the node, and the client pings through the tunnel.
+//! customer's new device lands on the node, and the client pings through the tunnel. Once
+//! with the control plane on SQLite, once on PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -23,8 +24,8 @@ use std::time::Duration;
 use serde_json::json;
 use truevault_control_plane::billing::fake_paypal::{self, FakePayPal};
 use truevault_e2e::{
-    Api, ControlPlane, Netns, NsRuntime, Proc, WgClient, WgName, binary, keypair, link,
-    require_root, run, wait_until,
+    Api, ControlPlane, Engine, Netns, NsRuntime, Proc, WgClient, WgName, binary, engine_available,
+    keypair, link, one_at_a_time, require_root, run, wait_until,
 };
 use truevault_provisioning::fake::contabo::{self as fake_contabo, FakeContabo, FakeInstance};
 
@@ -122,10 +123,10 @@ fn cloud_init(node: &Netns, instance: &FakeInstance, root: &Path) -> std::path::
     agent
 }
 
-/// The newest mail of a template in the control plane's SQLite outbox: its status and id (a
-/// sent mail's context is cleared; its `.eml` file under `mail/` is named by the id).
-fn query_mail(data: &Path, template: &str) -> Option<(String, String)> {
-    let url = format!("sqlite://{}?mode=ro", data.join("truevault.db").display());
+/// The newest mail of a template in the control plane's outbox: its status and id (a sent
+/// mail's context is cleared; its `.eml` file under `mail/` is named by the id).
+fn query_mail(cp: &ControlPlane<'_>, template: &str) -> Option<(String, String)> {
+    let url = cp.database_url();
     let template = template.to_owned();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -157,10 +158,21 @@ fn signed_event(api: &Api<'_>, paypal: &FakePayPal, raw: &str) {
 }
 
 #[test]
-fn a_paid_dedicated_server_boots_enrolls_and_carries_the_buyers_tunnel() {
-    if !require_root("dedicated server end to end") {
+fn a_paid_dedicated_server_boots_enrolls_and_carries_the_buyers_tunnel_on_sqlite() {
+    dedicated_end_to_end(Engine::Sqlite);
+}
+
+#[test]
+fn a_paid_dedicated_server_boots_enrolls_and_carries_the_buyers_tunnel_on_postgres() {
+    dedicated_end_to_end(Engine::Postgres);
+}
+
+fn dedicated_end_to_end(engine: Engine) {
+    let test = format!("dedicated server end to end ({engine:?})");
+    if !require_root(&test) || !engine_available(engine, &test) {
         return;
     }
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let cp_ns = Netns::new("tvp");
     let node_ns = Netns::new("tvn");
@@ -209,8 +221,11 @@ fn a_paid_dedicated_server_boots_enrolls_and_carries_the_buyers_tunnel() {
         ),
     )
     .unwrap();
-    let mut cp = ControlPlane::new(&cp_ns, dir.path());
-    cp.env = vec![("TRUEVAULT_CONFIG".into(), config.display().to_string())];
+    let mut cp = ControlPlane::on(engine, &cp_ns, dir.path());
+    // The config file says where gRPC listens (on the link to the node, not only loopback).
+    cp.env.retain(|(name, _)| name != "TRUEVAULT_GRPC_LISTEN");
+    cp.env
+        .push(("TRUEVAULT_CONFIG".into(), config.display().to_string()));
     let api = Api {
         ns: &cp_ns,
         base: "http://127.0.0.1:8080".into(),
@@ -313,9 +328,9 @@ fn a_paid_dedicated_server_boots_enrolls_and_carries_the_buyers_tunnel() {
     let order = &orders[0];
     assert_eq!(order["ip_address"], NODE_PUBLIC.to_string(), "{orders}");
     wait_until("the ready mail is sent", Duration::from_secs(30), || {
-        query_mail(&cp.data, "dedicated_ready").is_some_and(|(status, _)| status == "sent")
+        query_mail(&cp, "dedicated_ready").is_some_and(|(status, _)| status == "sent")
     });
-    let (_, mail_id) = query_mail(&cp.data, "dedicated_ready").unwrap();
+    let (_, mail_id) = query_mail(&cp, "dedicated_ready").unwrap();
     let ready =
         std::fs::read_to_string(cp.data.join("mail").join(format!("{mail_id}.eml"))).unwrap();
     assert!(ready.contains("To: buyer@example.com"), "{ready}");

@@ -3,7 +3,7 @@
 //! joined to it by a veth pair. Register, add a device, bring up the config the API returned,
 //! ping through the tunnel; delete the device and the tunnel stops; SIGKILL the agent and
 //! restart it; stop the control plane and the tunnel keeps working; restart it and later
-//! changes still arrive.
+//! changes still arrive. Once with the control plane on SQLite, once on PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use truevault_e2e::{
-    Api, ControlPlane, Netns, Proc, WgClient, WgName, binary, keypair, link, require_root,
-    wait_until,
+    Api, ControlPlane, Engine, Netns, Proc, WgClient, WgName, binary, engine_available, keypair,
+    link, one_at_a_time, require_root, wait_until,
 };
 
 const SERVER_VETH: &str = "10.231.0.1";
@@ -26,10 +26,21 @@ fn server_peers(ns: &Netns, iface: &str) -> Vec<String> {
 }
 
 #[test]
-fn a_device_added_through_the_api_passes_traffic_through_the_node_agent() {
-    if !require_root("tunnel end to end") {
+fn a_device_added_through_the_api_passes_traffic_through_the_node_agent_on_sqlite() {
+    tunnel_end_to_end(Engine::Sqlite);
+}
+
+#[test]
+fn a_device_added_through_the_api_passes_traffic_through_the_node_agent_on_postgres() {
+    tunnel_end_to_end(Engine::Postgres);
+}
+
+fn tunnel_end_to_end(engine: Engine) {
+    let test = format!("tunnel end to end ({engine:?})");
+    if !require_root(&test) || !engine_available(engine, &test) {
         return;
     }
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let server_ns = Netns::new("tvs");
     let client_ns = Netns::new("tvc");
@@ -43,8 +54,13 @@ fn a_device_added_through_the_api_passes_traffic_through_the_node_agent() {
         ns: &server_ns,
         base: "http://127.0.0.1:8080".into(),
     };
-    let cp = ControlPlane::new(&server_ns, dir.path());
+    let cp = ControlPlane::on(engine, &server_ns, dir.path());
     let control = cp.start(&api);
+    assert_eq!(
+        cp.data.join("truevault.db").exists(),
+        engine == Engine::Sqlite,
+        "the control plane runs on the engine under test"
+    );
 
     // The operator adds the server (it stays out of placement until its agent connects) and
     // issues an enrollment token for it.

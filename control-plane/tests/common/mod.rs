@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::{AnyConnection, Connection as _, Executor as _};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use truevault_control_plane::api::AppState;
@@ -52,92 +51,11 @@ macro_rules! engine_tests {
     )*};
 }
 
-pub fn postgres_admin_url() -> String {
-    std::env::var("TRUEVAULT_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+pub use truevault_control_plane::storage::scratch::PgDatabase;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// True when PostgreSQL answers. In CI a missing server is a failure, never a skip.
+/// True when PostgreSQL answers; in CI a missing server is a failure, never a skip.
 pub async fn postgres_available(test: &str) -> bool {
-    sqlx::any::install_default_drivers();
-    match AnyConnection::connect(&postgres_admin_url()).await {
-        Ok(conn) => {
-            let _ = conn.close().await;
-            true
-        }
-        Err(e) if in_ci() => panic!(
-            "PostgreSQL is required in CI ({}): {e}",
-            postgres_admin_url()
-        ),
-        Err(e) => {
-            eprintln!(
-                "SKIPPED {test} on PostgreSQL: no server at {} ({e})",
-                postgres_admin_url()
-            );
-            false
-        }
-    }
-}
-
-/// A throw-away PostgreSQL database, force-dropped when this value is dropped.
-#[derive(Debug)]
-pub struct PgDatabase {
-    pub name: String,
-    pub url: String,
-}
-
-impl PgDatabase {
-    pub async fn create() -> Self {
-        sqlx::any::install_default_drivers();
-        let admin = postgres_admin_url();
-        let name = format!("tv_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = AnyConnection::connect(&admin)
-            .await
-            .expect("connect to PostgreSQL");
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .expect("create test database");
-        let _ = conn.close().await;
-        let (base, query) = match admin.split_once('?') {
-            Some((b, q)) => (b.to_owned(), format!("?{q}")),
-            None => (admin.clone(), String::new()),
-        };
-        let base = base
-            .rsplit_once('/')
-            .map_or(base.as_str(), |(b, _)| b)
-            .to_owned();
-        Self {
-            url: format!("{base}/{name}{query}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop may run inside a runtime (or during a panic): use a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut conn = AnyConnection::connect(&postgres_admin_url()).await.ok()?;
-                conn.execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .await
-                .ok()?;
-                conn.close().await.ok()
-            })
-        })
-        .join();
-    }
+    truevault_control_plane::storage::scratch::available(test).await
 }
 
 /// A running control plane with a manual clock, its database and an HTTP client.
@@ -501,6 +419,34 @@ impl TestApp {
         .fetch_all(self.db().pool())
         .await
         .unwrap()
+    }
+
+    /// The peers a node holds after applying its server's whole change log.
+    pub async fn replayed_peers(&self, server_id: i64) -> std::collections::BTreeSet<String> {
+        let mut peers = std::collections::BTreeSet::new();
+        for (_, op, key, old, _) in self.peer_changes(server_id).await {
+            if let Some(old) = old {
+                peers.remove(&old);
+            }
+            if op == "upsert" {
+                peers.insert(key);
+            } else {
+                peers.remove(&key);
+            }
+        }
+        peers
+    }
+
+    /// The keys of the server's devices that belong on its node (everything not disabled).
+    pub async fn live_keys(&self, server_id: i64) -> std::collections::BTreeSet<String> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT public_key FROM devices WHERE server_id = $1 AND status <> 'disabled'",
+        )
+        .bind(server_id)
+        .fetch_all(self.db().pool())
+        .await
+        .unwrap();
+        rows.into_iter().map(|(k,)| k).collect()
     }
 
     /// An access token for a user, via a fresh login (after clock jumps, or for bulk users).
