@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::paypal::{activation, app_with_paypal, cancelled, deliver, sale_completed};
+use common::paypal::{activation, app_with_paypal, cancelled, deliver, sale_completed, subscriber};
 use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -262,48 +262,6 @@ async fn payments_without_paypal_settings_say_so(engine: Engine) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-/// A subscriber with one device, activated and paid through the webhook.
-async fn subscriber(app: &TestApp, fake: &FakePayPal, email: &str) -> (String, String) {
-    let (_, token) = app.customer(email).await;
-    app.add_server(
-        &format!("srv-{}", email.len()),
-        "us-east",
-        60 + email.len() as u8,
-    )
-    .await;
-    let (status, device) = app
-        .post_auth(
-            "/api/v1/devices",
-            &token,
-            Some(json!({ "public_key": common::base64_key(email.len() as u8) })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{device}");
-    app.run_tasks().await;
-    let (_, checkout) = app
-        .post_auth(
-            "/api/v1/billing/checkout",
-            &token,
-            Some(json!({ "plan": "personal" })),
-        )
-        .await;
-    let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
-    for raw in [
-        activation(&format!("WH-A-{email}"), &subscription),
-        sale_completed(
-            &format!("WH-S-{email}"),
-            &format!("SALE-1-{email}"),
-            &subscription,
-            "9.99",
-        ),
-    ] {
-        let (status, body) = deliver(app, &raw, &fake.sign(&raw, WEBHOOK_ID)).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-    assert_eq!(app.run_tasks().await, 2);
-    (token, subscription)
-}
-
 fn payment_failed(event_id: &str, subscription_id: &str) -> String {
     format!(
         r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"subscription","event_type":"BILLING.SUBSCRIPTION.PAYMENT.FAILED","resource":{{"id":"{subscription_id}","status":"ACTIVE","billing_info":{{"failed_payments_count":1}}}}}}"#
@@ -429,6 +387,15 @@ async fn reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period
     let (status, _) = deliver(&app, &cancel, &fake.sign(&cancel, WEBHOOK_ID)).await;
     assert_eq!(status, StatusCode::OK);
     app.run_tasks().await;
+    let confirmations = app.mail_templates(email).await;
+    assert_eq!(
+        confirmations
+            .iter()
+            .filter(|t| *t == "subscription_cancelled")
+            .count(),
+        1,
+        "the customer is told: {confirmations:?}"
+    );
     app.advance(day * 6);
     app.run_tasks().await;
     assert_eq!(

@@ -1,6 +1,7 @@
-//! `/api/v1/billing/*`: checkout at PayPal and PayPal's webhook.
+//! `/api/v1/billing/*`: checkout at PayPal, the subscription and its cancellation, invoices,
+//! and PayPal's webhook.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Html;
 use axum::routing::{get, post};
@@ -9,18 +10,56 @@ use axum::{Json, Router};
 use crate::accounts::{Caller, ClientInfo};
 use crate::billing::invoices::{self, InvoiceView};
 use crate::billing::payments::{CheckoutInput, CheckoutView};
+use crate::billing::subscription::{CancelInput, SubscriptionView};
 use crate::error::Error;
 
 use super::AppState;
-use super::error::{ApiJson, ErrorBody};
+use super::error::{ApiJson, ErrorBody, OptionalJson};
+use super::extract::Path;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/billing/checkout", post(checkout))
         .route("/billing/paypal/webhook", post(paypal_webhook))
+        .route("/billing/subscription", get(get_subscription))
+        .route("/billing/subscription/cancel", post(cancel_subscription))
         .route("/billing/invoices", get(list_invoices))
         .route("/billing/invoices/{number}", get(invoice))
         .route("/billing/invoices/{number}/html", get(invoice_page))
+}
+
+/// The caller's subscription: plan, status, paid period, and whether it is cancelled.
+#[utoipa::path(get, path = "/api/v1/billing/subscription", tag = "billing", security(("bearer" = [])),
+    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)))]
+pub async fn get_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SubscriptionView>, Error> {
+    state
+        .payments()
+        .subscription(caller.user_id)
+        .await
+        .map(Json)
+}
+
+/// Cancel the caller's PayPal subscription: nothing more is charged, and access continues
+/// until the paid period ends. Cancelling again changes nothing. The body is optional.
+#[utoipa::path(post, path = "/api/v1/billing/subscription/cancel", tag = "billing", security(("bearer" = [])),
+    request_body(content = CancelInput, description = "optional"),
+    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "no PayPal subscription bills the caller"),
+              (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn cancel_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    client: ClientInfo,
+    OptionalJson(input): OptionalJson<CancelInput>,
+) -> Result<Json<SubscriptionView>, Error> {
+    state
+        .payments()
+        .cancel_subscription(caller.user_id, input, client.ip)
+        .await
+        .map(Json)
 }
 
 /// The caller's invoices, newest first.

@@ -1,6 +1,7 @@
 //! A stand-in for PayPal's REST API (feature `fake`), a real HTTP server on loopback for tests:
 //! OAuth2 client credentials with Basic auth, subscriptions and orders with `PayPal-Request-Id`
-//! idempotency and PayPal's error shapes, and `verify-webhook-signature`, which checks a
+//! idempotency and PayPal's error shapes, cancelling a subscription (only an active or
+//! suspended one, as PayPal allows), and `verify-webhook-signature`, which checks a
 //! signature over the event's exact text the way PayPal's does (here with a secret of the
 //! fake's, since PayPal's own key is not ours to hold). Tests sign deliveries with
 //! [`FakePayPal::sign`].
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -36,6 +37,11 @@ struct World {
     next: u32,
     verifications: u32,
     fail_verifications: u32,
+    /// Subscription id → its status (`APPROVAL_PENDING`, `ACTIVE`, `CANCELLED`).
+    subscriptions: BTreeMap<String, &'static str>,
+    /// Cancellations PayPal accepted: subscription id and the reason given.
+    cancellations: Vec<(String, String)>,
+    fail_cancellations: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +63,7 @@ impl FakePayPal {
         let app = Router::new()
             .route("/v1/oauth2/token", post(token))
             .route("/v1/billing/subscriptions", post(subscription))
+            .route("/v1/billing/subscriptions/{id}/cancel", post(cancel))
             .route("/v2/checkout/orders", post(order))
             .route("/v1/notifications/verify-webhook-signature", post(verify))
             .with_state(fake.clone());
@@ -93,6 +100,24 @@ impl FakePayPal {
             .map(str::to_owned)
     }
 
+    /// The customer approves the subscription at PayPal: it becomes `ACTIVE` (PayPal then
+    /// sends `BILLING.SUBSCRIPTION.ACTIVATED`, which tests deliver themselves).
+    pub fn approve(&self, subscription: &str) {
+        if let Some(status) = self.world().subscriptions.get_mut(subscription) {
+            *status = "ACTIVE";
+        }
+    }
+
+    /// A subscription's status at PayPal, if it exists.
+    pub fn subscription_status(&self, subscription: &str) -> Option<&'static str> {
+        self.world().subscriptions.get(subscription).copied()
+    }
+
+    /// The cancellations PayPal accepted, in order: subscription id and reason.
+    pub fn cancellations(&self) -> Vec<(String, String)> {
+        self.world().cancellations.clone()
+    }
+
     /// Every issued token stops working (as after PayPal rotates them).
     pub fn revoke_tokens(&self) {
         self.world().tokens.clear();
@@ -101,6 +126,11 @@ impl FakePayPal {
     /// The next `n` verification calls answer 500.
     pub fn fail_verifications(&self, n: u32) {
         self.world().fail_verifications = n;
+    }
+
+    /// The next `n` cancel calls answer 503 (PayPal is having a bad moment).
+    pub fn fail_cancellations(&self, n: u32) {
+        self.world().fail_cancellations = n;
     }
 
     /// The signature headers PayPal would send with `raw_event` for `webhook_id`.
@@ -208,7 +238,11 @@ async fn token(State(fake): State<FakePayPal>, headers: HeaderMap, body: String)
 }
 
 /// Replays the first answer for a `PayPal-Request-Id`, or makes a new one with `make`.
-fn idempotent(fake: &FakePayPal, headers: &HeaderMap, make: impl FnOnce(u32) -> Value) -> Response {
+fn idempotent(
+    fake: &FakePayPal,
+    headers: &HeaderMap,
+    make: impl FnOnce(&mut World, u32) -> Value,
+) -> Response {
     let key = headers
         .get("paypal-request-id")
         .and_then(|v| v.to_str().ok())
@@ -218,7 +252,8 @@ fn idempotent(fake: &FakePayPal, headers: &HeaderMap, make: impl FnOnce(u32) -> 
         return (StatusCode::OK, Json(previous.clone())).into_response();
     }
     world.next += 1;
-    let created = make(world.next);
+    let n = world.next;
+    let created = make(&mut world, n);
     if let Some(key) = key {
         world.created.insert(key, created.clone());
     }
@@ -277,8 +312,9 @@ async fn subscription(
     let first_price = body
         .pointer("/plan/billing_cycles/0/pricing_scheme/fixed_price/value")
         .cloned();
-    idempotent(&fake, &headers, |n| {
+    idempotent(&fake, &headers, |world, n| {
         let id = format!("I-FAKE{n:06}");
+        world.subscriptions.insert(id.clone(), "APPROVAL_PENDING");
         json!({
             "id": id,
             "plan_id": plan,
@@ -293,6 +329,68 @@ async fn subscription(
             ],
         })
     })
+}
+
+/// `POST /v1/billing/subscriptions/{id}/cancel`: 204 without a body. The reason is required
+/// (1 to 128 characters); an unknown id is 404; a subscription that is not active or
+/// suspended (never approved, or already cancelled) is 422 `SUBSCRIPTION_STATUS_INVALID`.
+async fn cancel(
+    State(fake): State<FakePayPal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Err(refused) = authorized(&fake, &headers) {
+        return refused;
+    }
+    let reason = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|b| b.get("reason").and_then(Value::as_str).map(str::to_owned));
+    let Some(reason) = reason.filter(|r| !r.is_empty()) else {
+        return paypal_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Request is not well-formed, syntactically incorrect, or violates schema.",
+            Some("MISSING_REQUIRED_PARAMETER"),
+        );
+    };
+    if reason.chars().count() > 128 {
+        return paypal_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Request is not well-formed, syntactically incorrect, or violates schema.",
+            Some("INVALID_STRING_MAX_LENGTH"),
+        );
+    }
+    let mut world = fake.world();
+    if world.fail_cancellations > 0 {
+        world.fail_cancellations -= 1;
+        return paypal_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "Service Unavailable.",
+            None,
+        );
+    }
+    let Some(status) = world.subscriptions.get_mut(&id) else {
+        return paypal_error(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            "The specified resource does not exist.",
+            Some("INVALID_RESOURCE_ID"),
+        );
+    };
+    if !matches!(*status, "ACTIVE" | "SUSPENDED") {
+        return paypal_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "UNPROCESSABLE_ENTITY",
+            "The requested action could not be performed, semantically incorrect, or failed business validation.",
+            Some("SUBSCRIPTION_STATUS_INVALID"),
+        );
+    }
+    *status = "CANCELLED";
+    world.cancellations.push((id, reason));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn order(
@@ -321,7 +419,7 @@ async fn order(
             Some("DECIMAL_PRECISION"),
         );
     }
-    idempotent(&fake, &headers, |n| {
+    idempotent(&fake, &headers, |_, n| {
         let id = format!("5O19FAKE{n:08}");
         json!({
             "id": id,

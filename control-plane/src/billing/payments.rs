@@ -23,7 +23,7 @@ use crate::storage::{Db, Engine};
 
 use super::invoices::{self, LineItem, NewInvoice};
 use super::provider::{PaymentProvider, SubscriptionRequest};
-use super::{dunning, plans, promo, renewals};
+use super::{dunning, duplicates, plans, promo, renewals};
 
 /// The workflow whose tasks process payment events.
 pub const PAYMENTS: &str = "payments";
@@ -49,8 +49,8 @@ pub struct CheckoutView {
 
 #[derive(Debug, Clone)]
 pub struct Payments {
-    db: Db,
-    clock: SharedClock,
+    pub(super) db: Db,
+    pub(super) clock: SharedClock,
     provider: Option<Arc<dyn PaymentProvider>>,
     /// Our plan code → the provider's billing plan id.
     plans: BTreeMap<String, String>,
@@ -71,7 +71,7 @@ impl Payments {
         }
     }
 
-    fn provider(&self) -> Result<&dyn PaymentProvider> {
+    pub(super) fn provider(&self) -> Result<&dyn PaymentProvider> {
         self.provider.as_deref().ok_or(Error::Unavailable(
             "payments are not configured on this server",
         ))
@@ -103,19 +103,15 @@ impl Payments {
         }
         // A second PayPal subscription would bill the customer twice: changing plans goes
         // through cancelling the current one first (PayPal's own revise flow is not built).
-        let current: Option<(String,)> = sqlx::query_as(
-            "SELECT status FROM subscriptions
-             WHERE user_id = $1 AND provider = 'paypal' AND cancel_at_period_end = 0
-               AND status IN ('active', 'past_due', 'suspended')",
-        )
-        .bind(user_id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        if let Some((status,)) = current {
+        let mut conn = self.db.pool().acquire().await?;
+        let current = super::subscription::billing(&mut conn, user_id).await?;
+        drop(conn);
+        if let Some(current) = current.filter(|b| !b.cancelling) {
             return Err(Error::conflict(
                 "already_subscribed",
                 format!(
-                    "you already have a PayPal subscription ({status}); cancel it to change plans"
+                    "you already have a PayPal subscription ({}); cancel it to change plans",
+                    current.status
                 ),
             ));
         }
@@ -244,7 +240,12 @@ impl Payments {
 
 /// The `process_event` step: applies a stored event once (it is marked processed in the same
 /// transaction as its effects).
-pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> Result<()> {
+pub async fn process_event(
+    conn: &mut AnyConnection,
+    row: i64,
+    operator: Option<&str>,
+    now: Millis,
+) -> Result<()> {
     let event: Option<(String, String, Option<i64>)> = sqlx::query_as(
         "SELECT event_type, payload, processed_at FROM payment_events WHERE id = $1",
     )
@@ -260,12 +261,14 @@ pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> R
     let payload: Value = serde_json::from_str(&payload).map_err(Error::internal)?;
     let resource = payload.get("resource").cloned().unwrap_or(Value::Null);
     match event_type.as_str() {
-        "BILLING.SUBSCRIPTION.ACTIVATED" => subscription_activated(conn, &resource, now).await?,
-        "PAYMENT.SALE.COMPLETED" => sale_completed(conn, &resource, now).await?,
+        "BILLING.SUBSCRIPTION.ACTIVATED" => {
+            subscription_activated(conn, &resource, operator, now).await?;
+        }
+        "PAYMENT.SALE.COMPLETED" => sale_completed(conn, &resource, operator, now).await?,
         "BILLING.SUBSCRIPTION.PAYMENT.FAILED" => payment_failed(conn, &resource, now).await?,
         "BILLING.SUBSCRIPTION.CANCELLED" => {
             let subscription = subscription_id(&resource)?;
-            let (user_id, _, _) = checkout_for(conn, subscription).await?;
+            let (user_id, ..) = checkout_for(conn, subscription).await?;
             renewals::cancel_at_period_end(conn, user_id, subscription, now).await?;
         }
         "PAYMENT.SALE.REFUNDED" => sale_refunded(conn, &resource, now).await?,
@@ -287,6 +290,7 @@ pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> R
 async fn subscription_activated(
     conn: &mut AnyConnection,
     resource: &Value,
+    operator: Option<&str>,
     now: Millis,
 ) -> Result<()> {
     let reference = resource
@@ -309,9 +313,27 @@ async fn subscription_activated(
     if status == "completed" {
         return Ok(());
     }
+    // The user's row first: a second activation processed at the same time waits here until
+    // this one commits, and then finds this subscription live (PostgreSQL; SQLite has one
+    // writer).
+    entitlement::lock_users(&mut *conn, &[user_id]).await?;
+    if let Some(current) = duplicates::live_other(&mut *conn, user_id, reference).await? {
+        duplicates::mark(&mut *conn, checkout_id, &current, now).await?;
+        let alert = duplicates::Alert {
+            user_id,
+            subscription: reference,
+            current: &current,
+            plan: &plan,
+            sale: None,
+        };
+        return duplicates::alert(conn, operator, alert, now).await;
+    }
     plans::change_plan(&mut *conn, user_id, &plan, now).await?;
+    // The row may carry an earlier subscription that was cancelled at its period's end: the
+    // new one bills, so it is not cancelling (the old one's end task finds its id gone).
     sqlx::query(
-        "UPDATE subscriptions SET provider = 'paypal', provider_subscription_id = $1, updated_at = $2
+        "UPDATE subscriptions SET provider = 'paypal', provider_subscription_id = $1,
+                                  cancel_at_period_end = 0, updated_at = $2
          WHERE user_id = $3 AND status IN ('trial', 'active', 'past_due', 'suspended')",
     )
     .bind(reference)
@@ -346,7 +368,7 @@ async fn subscription_activated(
 /// PayPal could not collect a subscription payment: dunning starts (once per cycle).
 async fn payment_failed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
     let subscription = subscription_id(resource)?;
-    let (user_id, _, _) = checkout_for(conn, subscription).await?;
+    let (user_id, ..) = checkout_for(conn, subscription).await?;
     dunning::start(conn, user_id, subscription, now).await?;
     Ok(())
 }
@@ -358,14 +380,16 @@ fn subscription_id(resource: &Value) -> Result<&str> {
         .ok_or_else(|| Error::internal("subscription event without a subscription id"))
 }
 
-/// The user, plan and region of a PayPal subscription started by our checkout. None is an
-/// error: the task retries (events can arrive early) and then waits for an operator.
+/// The user, plan and region of a PayPal subscription started by our checkout, and the live
+/// subscription it duplicates, if it does (see `duplicates`). None is an error: the task
+/// retries (events can arrive early) and then waits for an operator.
 async fn checkout_for(
     conn: &mut AnyConnection,
     subscription: &str,
-) -> Result<(i64, String, Option<String>)> {
+) -> Result<(i64, String, Option<String>, Option<String>)> {
     sqlx::query_as(
-        "SELECT user_id, plan_code, region FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
+        "SELECT user_id, plan_code, region, duplicate_of FROM checkouts
+         WHERE provider = 'paypal' AND provider_ref = $1",
     )
     .bind(subscription)
     .fetch_optional(&mut *conn)
@@ -419,7 +443,12 @@ async fn sale_refunded(conn: &mut AnyConnection, resource: &Value, now: Millis) 
 /// provider_payment_id)`), invoiced with the next number, and the subscription is active for
 /// another period (a past-due or dunning-suspended one too: the payment ends its dunning and
 /// its devices come back).
-async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
+async fn sale_completed(
+    conn: &mut AnyConnection,
+    resource: &Value,
+    operator: Option<&str>,
+    now: Millis,
+) -> Result<()> {
     let text = |pointer: &str| resource.pointer(pointer).and_then(Value::as_str);
     let sale = text("/id").ok_or_else(|| Error::internal("sale event without a sale id"))?;
     let Some(subscription) = text("/billing_agreement_id") else {
@@ -430,7 +459,7 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
         .and_then(cents)
         .ok_or_else(|| Error::internal(format!("sale {sale} has no readable amount")))?;
     let currency = text("/amount/currency").unwrap_or("USD").to_owned();
-    let (user_id, plan, region) = checkout_for(conn, subscription).await?;
+    let (user_id, plan, region, duplicate_of) = checkout_for(conn, subscription).await?;
     let recorded: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO payments (uuid, user_id, provider, provider_payment_id, provider_subscription_id,
                                plan_type, amount_cents, currency, status, created_at, updated_at)
@@ -450,6 +479,17 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
     let Some((payment_id,)) = recorded else {
         return Ok(());
     };
+    if let Some(current) = duplicate_of {
+        // Money came in on a subscription that gives nothing: recorded, to be refunded.
+        let alert = duplicates::Alert {
+            user_id,
+            subscription,
+            current: &current,
+            plan: &plan,
+            sale: Some((sale, format!("{}.{:02} {currency}", paid / 100, paid % 100))),
+        };
+        return duplicates::alert(conn, operator, alert, now).await;
+    }
     let (name, price, period): (String, i64, String) =
         sqlx::query_as("SELECT name, price_cents, billing_period FROM plans WHERE code = $1")
             .bind(&plan)

@@ -33,7 +33,7 @@ pub struct PayPalSettings {
 }
 
 pub use super::provider::Checkout;
-use super::provider::{BoxFuture, PaymentProvider, SubscriptionRequest};
+use super::provider::{BoxFuture, Cancellation, PaymentProvider, SubscriptionRequest};
 
 /// The headers PayPal signs a webhook delivery with.
 #[derive(Debug, Clone)]
@@ -150,13 +150,23 @@ impl PayPal {
         Ok(access)
     }
 
-    /// A JSON call with the shared token; a refused token is replaced once.
+    /// A JSON call with the shared token, its answer read as JSON (or PayPal's error).
     async fn call<B: serde::Serialize + ?Sized>(
         &self,
         path: &str,
         body: &B,
         request_id: Option<&str>,
     ) -> Result<Value> {
+        read(self.send(path, body, request_id).await?).await
+    }
+
+    /// Posts JSON with the shared token; a refused token is replaced once.
+    async fn send<B: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+        request_id: Option<&str>,
+    ) -> Result<reqwest::Response> {
         let mut renewed = false;
         loop {
             let token = self.bearer().await?;
@@ -180,8 +190,31 @@ impl PayPal {
                 renewed = true;
                 continue;
             }
-            return read(response).await;
+            return Ok(response);
         }
+    }
+
+    /// Stops a subscription's billing at PayPal (204). PayPal refuses to cancel one that is
+    /// not active or suspended (422 `SUBSCRIPTION_STATUS_INVALID`): it was cancelled already,
+    /// at PayPal or by an earlier call, so it is not billing either.
+    pub async fn cancel_subscription(
+        &self,
+        subscription: &str,
+        reason: &str,
+    ) -> Result<Cancellation> {
+        // PayPal takes at most 128 characters of reason.
+        let reason: String = reason.chars().take(128).collect();
+        let path = format!("/v1/billing/subscriptions/{subscription}/cancel");
+        let response = self.send(&path, &json!({ "reason": reason }), None).await?;
+        if response.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+            let text = response.text().await.unwrap_or_default();
+            if text.contains("SUBSCRIPTION_STATUS_INVALID") {
+                return Ok(Cancellation::AlreadyInactive);
+            }
+            return Err(error_of(reqwest::StatusCode::UNPROCESSABLE_ENTITY, &text));
+        }
+        read::<Value>(response).await?;
+        Ok(Cancellation::Cancelled)
     }
 
     /// A subscription to PayPal's billing plan `plan_id`; `custom_id` comes back in every event
@@ -302,6 +335,14 @@ impl PaymentProvider for PayPal {
         ))
     }
 
+    fn cancel_subscription<'a>(
+        &'a self,
+        subscription: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Cancellation>> {
+        Box::pin(PayPal::cancel_subscription(self, subscription, reason))
+    }
+
     fn verify_webhook<'a>(
         &'a self,
         headers: &'a HeaderMap,
@@ -339,8 +380,8 @@ fn checkout(created: Value, approve_rel: &str) -> Result<Checkout> {
     })
 }
 
-/// A 2xx body as `T`; otherwise PayPal's error (`name`, `message`, `details[].issue`, or OAuth's
-/// `error_description`) as an upstream error.
+/// A 2xx body as `T` (an empty one, such as a 204's, as JSON `null`); otherwise PayPal's error
+/// as an upstream error.
 async fn read<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T> {
     let status = response.status();
     let text = response
@@ -348,10 +389,20 @@ async fn read<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Re
         .await
         .map_err(|e| upstream(format!("reading the answer: {e}")))?;
     if status.is_success() {
-        return serde_json::from_str(&text)
-            .map_err(|e| upstream(format!("unreadable answer: {e}")));
+        let text = if text.trim().is_empty() {
+            "null"
+        } else {
+            &text
+        };
+        return serde_json::from_str(text).map_err(|e| upstream(format!("unreadable answer: {e}")));
     }
-    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Err(error_of(status, &text))
+}
+
+/// PayPal's error body (`name`, `message`, `details[].issue`, or OAuth's `error_description`)
+/// as an upstream error.
+fn error_of(status: reqwest::StatusCode, text: &str) -> Error {
+    let json: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let field = |k: &str| json.get(k).and_then(Value::as_str);
     let issues: Vec<&str> = json
         .get("details")
@@ -368,7 +419,7 @@ async fn read<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Re
         (_, _, Some(description)) => description.to_owned(),
         _ => format!("HTTP {status}"),
     };
-    Err(upstream(format!("HTTP {}: {message}", status.as_u16())))
+    upstream(format!("HTTP {}: {message}", status.as_u16()))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What checkout and the webhook need from a payment provider: a subscription the customer
-//! approves, and a verdict on whether a webhook delivery really comes from the provider.
+//! approves, its cancellation, and a verdict on whether a webhook delivery really comes from
+//! the provider.
 //! PayPal implements it (`paypal`); the events themselves are the provider's own and are read
 //! by `payments`.
 
@@ -33,6 +34,14 @@ pub struct Checkout {
     pub approval_url: String,
 }
 
+/// How a cancellation at the provider ended: either way, the subscription bills no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancellation {
+    Cancelled,
+    /// It was not billing any more (cancelled before, at the provider or by an earlier call).
+    AlreadyInactive,
+}
+
 pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
     /// As recorded in `checkouts`, `payments` and `payment_events` (`paypal`).
     fn name(&self) -> &'static str;
@@ -41,6 +50,13 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
         &'a self,
         request: SubscriptionRequest<'a>,
     ) -> BoxFuture<'a, Result<Checkout>>;
+
+    /// Stops the subscription's billing; `reason` is shown in the provider's records.
+    fn cancel_subscription<'a>(
+        &'a self,
+        subscription: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Cancellation>>;
 
     /// Whether the delivery (`body`, byte for byte, with its headers) is signed by the
     /// provider for this service. A delivery without signature headers is `false`, asked

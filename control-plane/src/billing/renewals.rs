@@ -1,5 +1,6 @@
 //! A paid subscription's period: renewal reminders 7 days and 1 day before it ends, and the end
-//! of a cancelled subscription (access until the period ends, then devices disabled).
+//! of a cancelled subscription (confirmed by mail; access until the period ends, then devices
+//! disabled).
 //!
 //! Both are tasks of the `renewals` workflow keyed by the subscription and the period's end, so
 //! a period is reminded of once however often its payment is reported; each re-reads the
@@ -19,6 +20,8 @@ use crate::error::{Error, Result};
 pub const RENEWALS: &str = "renewals";
 const REMIND: &str = "renewal_reminder";
 const END: &str = "end_cancelled_subscription";
+/// The mail confirming a cancellation.
+const CANCELLED: &str = "subscription_cancelled";
 /// Days before a period ends that the customer is reminded.
 const REMINDER_DAYS: [i64; 2] = [7, 1];
 
@@ -53,25 +56,27 @@ pub async fn schedule_reminders(
     Ok(())
 }
 
-/// The customer cancelled at PayPal: no renewal, access until the paid period ends.
+/// The subscription is cancelled (at PayPal, or by the customer here): no renewal, access
+/// until the paid period ends, and one mail that says so. Only the first call for a
+/// subscription does anything.
 pub async fn cancel_at_period_end(
     conn: &mut AnyConnection,
     user_id: i64,
     subscription: &str,
     now: Millis,
 ) -> Result<()> {
-    let row: Option<(Option<Millis>,)> = sqlx::query_as(
+    let row: Option<(Option<Millis>, String)> = sqlx::query_as(
         "UPDATE subscriptions SET cancel_at_period_end = 1, updated_at = $1
-         WHERE user_id = $2 AND provider_subscription_id = $3
+         WHERE user_id = $2 AND provider_subscription_id = $3 AND cancel_at_period_end = 0
            AND status IN ('active', 'past_due', 'suspended')
-         RETURNING current_period_end",
+         RETURNING current_period_end, plan_type",
     )
     .bind(now)
     .bind(user_id)
     .bind(subscription)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((period_end,)) = row else {
+    let Some((period_end, plan)) = row else {
         return Ok(());
     };
     let end = period_end.unwrap_or(now).max(now);
@@ -89,13 +94,34 @@ pub async fn cancel_at_period_end(
         now,
     )
     .await?;
+    let (email, first_name) = crate::accounts::contact(&mut *conn, user_id).await?;
+    let (plan_name,): (String,) = sqlx::query_as("SELECT name FROM plans WHERE code = $1")
+        .bind(&plan)
+        .fetch_one(&mut *conn)
+        .await?;
+    outbox::enqueue(
+        conn,
+        OutgoingMail {
+            to: &email,
+            user_id: Some(user_id),
+            template: CANCELLED,
+            context: json!({
+                "first_name": first_name,
+                "plan": plan_name,
+                "access_until": human_date(end),
+            }),
+            dedupe_key: Some(format!("{CANCELLED}:{subscription}")),
+        },
+        now,
+    )
+    .await?;
     Ok(())
 }
 
-/// One `renewals` step.
 /// Status, cancelling, period end, plan name, email, first name, plan code.
 type SubscriptionRow = (String, i64, Option<Millis>, String, String, String, String);
 
+/// One `renewals` step.
 pub async fn run_step(
     conn: &mut AnyConnection,
     task: &ClaimedTask,

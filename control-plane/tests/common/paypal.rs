@@ -2,7 +2,7 @@
 //! them (the signature covers the exact text).
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use truevault_control_plane::billing::fake_paypal::{
     CLIENT_ID, CLIENT_SECRET, FakePayPal, WEBHOOK_ID,
 };
@@ -74,4 +74,47 @@ pub fn cancelled(event_id: &str, subscription_id: &str) -> String {
     format!(
         r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"subscription","event_type":"BILLING.SUBSCRIPTION.CANCELLED","resource":{{"id":"{subscription_id}","status":"CANCELLED"}}}}"#
     )
+}
+
+/// A subscriber with one device, activated and paid through the webhook.
+pub async fn subscriber(app: &TestApp, fake: &FakePayPal, email: &str) -> (String, String) {
+    let (_, token) = app.customer(email).await;
+    app.add_server(
+        &format!("srv-{}", email.len()),
+        "us-east",
+        60 + email.len() as u8,
+    )
+    .await;
+    let (status, device) = app
+        .post_auth(
+            "/api/v1/devices",
+            &token,
+            Some(json!({ "public_key": super::base64_key(email.len() as u8) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    app.run_tasks().await;
+    let (_, checkout) = app
+        .post_auth(
+            "/api/v1/billing/checkout",
+            &token,
+            Some(json!({ "plan": "personal" })),
+        )
+        .await;
+    let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
+    fake.approve(&subscription);
+    for raw in [
+        activation(&format!("WH-A-{email}"), &subscription),
+        sale_completed(
+            &format!("WH-S-{email}"),
+            &format!("SALE-1-{email}"),
+            &subscription,
+            "9.99",
+        ),
+    ] {
+        let (status, body) = deliver(app, &raw, &fake.sign(&raw, WEBHOOK_ID)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(app.run_tasks().await, 2);
+    (token, subscription)
 }
