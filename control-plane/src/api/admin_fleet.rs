@@ -1,6 +1,6 @@
 //! Operator routes for servers, plans, and a user's plan or suspension. Audited.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -10,18 +10,20 @@ use utoipa::ToSchema;
 use crate::accounts::ClientInfo;
 use crate::audit::Actor;
 use crate::billing::plans::{self, Plan, PlanUpdate};
+use crate::devices::EvacuationReport;
 use crate::error::Error;
 use crate::nodes::enrollment::{self, IssuedToken};
 use crate::servers::{self, ServerInput, ServerView};
 
 use super::AppState;
 use super::error::{ApiJson, ErrorBody};
-use super::extract::AdminCaller;
+use super::extract::{AdminCaller, Path};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/servers", get(list_servers).post(add_server))
         .route("/servers/{id}/retire", post(retire_server))
+        .route("/servers/{id}/evacuate", post(evacuate_server))
         .route("/servers/{id}/enrollment-token", post(enrollment_token))
         .route(
             "/servers/{id}/revoke-certificates",
@@ -78,6 +80,25 @@ pub async fn retire_server(
     )
     .await
     .map(Json)
+}
+
+/// Move every device off a retired server to others in its region; each customer with a live
+/// device moved is mailed to fetch the new settings. Run again after adding capacity to move
+/// the stranded ones.
+#[utoipa::path(post, path = "/api/v1/admin/servers/{id}/evacuate", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 200, body = EvacuationReport), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the server still takes devices, or is dedicated")))]
+pub async fn evacuate_server(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+) -> Result<Json<EvacuationReport>, Error> {
+    state
+        .devices()
+        .evacuate(id, Actor::User(admin.user_id), client.ip)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(patch, path = "/api/v1/admin/plans/{code}", tag = "admin", security(("bearer" = [])),

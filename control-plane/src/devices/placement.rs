@@ -2,7 +2,8 @@
 //! else the region's preferred (identity) server; else the least loaded online shared server
 //! in the region.
 
-use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
 
 use crate::error::{Error, Result};
 
@@ -30,32 +31,21 @@ pub struct Chosen {
     pub has_released: bool,
 }
 
-type Row = (
-    i64,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    Option<String>,
-    i64,
-);
-
 const COLUMNS: &str = "s.id, s.ipv4_subnet, s.ipv6_subnet, s.uuid, s.region, s.country, \
                        s.endpoint_host, s.endpoint_port, s.wg_public_key";
 /// The same columns, as named in the union of candidates, and whether addresses were released.
 const NAMES: &str = "id, ipv4_subnet, ipv6_subnet, uuid, region, country, endpoint_host, endpoint_port, wg_public_key, \
                      CAST(CASE WHEN EXISTS (SELECT 1 FROM released_addresses r WHERE r.server_id = c.id) \
-                          THEN 1 ELSE 0 END AS BIGINT)";
+                          THEN 1 ELSE 0 END AS BIGINT) AS has_released";
 
 /// Servers a config can be made for: in service and with a known WireGuard key.
 const USABLE: &str = "s.wg_public_key IS NOT NULL AND s.status = 'online'";
 
-pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>) -> Result<Chosen> {
-    // Each candidate is at most one row (a top-1 per branch), so the cost does not grow with
-    // the number of servers in a region beyond its index scan.
+/// The statement choosing a server for `want`: at most one row, of the columns [`from_row`]
+/// reads. Its parameters are `$1`, the user, then [`params`]. Each candidate is at most one
+/// row (a top-1 per branch), so the cost does not grow with the number of servers in a region
+/// beyond its index scan.
+pub(super) fn query(want: &Placement<'_>) -> String {
     let dedicated = format!(
         "SELECT * FROM (
             SELECT {COLUMNS}, 0 AS pick_rank FROM vpn_servers s
@@ -63,31 +53,21 @@ pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>)
               AND s.status <> 'retired' AND s.wg_public_key IS NOT NULL
             ORDER BY s.id LIMIT 1) d"
     );
-    if let Some(server) = want.server {
+    if want.server.is_some() {
         // A dedicated server still wins over the one asked for.
-        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        return format!(
             "SELECT {NAMES} FROM (
                 {dedicated}
                 UNION ALL
                 SELECT * FROM (SELECT {COLUMNS}, 1 AS pick_rank FROM vpn_servers s
                     WHERE s.uuid = $2 AND s.server_type = 'shared' AND {USABLE}) a
              ) c ORDER BY pick_rank LIMIT 1"
-        )))
-        .bind(user_id)
-        .bind(server)
-        .fetch_optional(&mut *conn)
-        .await?;
-        return row.map(chosen).ok_or_else(|| {
-            Error::conflict(
-                "server_unavailable",
-                "that server does not exist or is not available now",
-            )
-        });
+        );
     }
-    // One query for the usual case (it is on every device add): the user's dedicated server,
-    // else their identity server in the region, else the region's least loaded server. The
-    // region is the one asked for, else the user's first identity's, else the default.
-    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    // The usual case: the user's dedicated server, else their identity server in the region,
+    // else the region's least loaded server. The region is the one asked for, else the
+    // user's first identity's, else the default.
+    format!(
         "WITH wanted (region) AS (
             SELECT COALESCE($2, (SELECT region FROM regional_identities WHERE user_id = $1 ORDER BY id LIMIT 1), $3)
          )
@@ -104,16 +84,68 @@ pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>)
                 WHERE s.server_type = 'shared' AND {USABLE}
                 ORDER BY s.load_permille, s.id LIMIT 1) l
          ) c ORDER BY pick_rank LIMIT 1"
-    )))
-    .bind(user_id)
-    .bind(want.region)
-    .bind(want.default_region)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(row) = row {
-        return Ok(chosen(row));
+    )
+}
+
+/// The server [`query`] chooses for `user_id`, on its own (a device add reads it together
+/// with the entitlement instead: `admission`).
+pub(super) async fn choose(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    want: &Placement<'_>,
+) -> Result<Option<Chosen>> {
+    let sql = query(want);
+    let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+    for param in params(want) {
+        statement = statement.bind(param);
     }
-    // Nothing: say which region had no server (a second query, on the refusal path only).
+    match statement.fetch_optional(conn).await? {
+        Some(row) => from_row(&row, 0),
+        None => Ok(None),
+    }
+}
+
+/// The parameters of [`query`] after the user.
+pub(super) fn params<'a>(want: &Placement<'a>) -> Vec<Option<&'a str>> {
+    match want.server {
+        Some(server) => vec![Some(server)],
+        None => vec![want.region, want.default_region],
+    }
+}
+
+/// The chosen server from [`query`]'s columns, from `first` on; `None` when they are empty
+/// (the query found nothing and was outer-joined).
+pub(super) fn from_row(row: &AnyRow, first: usize) -> Result<Option<Chosen>> {
+    let Some(id) = row.try_get::<Option<i64>, _>(first)? else {
+        return Ok(None);
+    };
+    Ok(Some(Chosen {
+        id,
+        ipv4_subnet: row.try_get(first + 1)?,
+        ipv6_subnet: row.try_get(first + 2)?,
+        uuid: row.try_get(first + 3)?,
+        region: row.try_get(first + 4)?,
+        country: row.try_get(first + 5)?,
+        endpoint_host: row.try_get(first + 6)?,
+        endpoint_port: row.try_get(first + 7)?,
+        public_key: row.try_get(first + 8)?,
+        has_released: row.try_get::<i64, _>(first + 9)? != 0,
+    }))
+}
+
+/// Why no server was found for `want`: the server asked for is not available, or the region
+/// has none (a second query, on the refusal path only, names the region).
+pub(super) async fn unavailable(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    want: &Placement<'_>,
+) -> Result<Error> {
+    if want.server.is_some() {
+        return Ok(Error::conflict(
+            "server_unavailable",
+            "that server does not exist or is not available now",
+        ));
+    }
     let region = match want.region {
         Some(r) => Some(r.to_owned()),
         None => sqlx::query_as::<_, (String,)>(
@@ -125,39 +157,11 @@ pub async fn choose(conn: &mut AnyConnection, user_id: i64, want: Placement<'_>)
         .map(|(r,)| r)
         .or_else(|| want.default_region.map(str::to_owned)),
     };
-    Err(match region {
+    Ok(match region {
         Some(region) => Error::conflict(
             "no_server_available",
             format!("no server is available in {region} right now"),
         ),
         None => Error::conflict("no_server_available", "no region is configured"),
     })
-}
-
-fn chosen(
-    (
-        id,
-        ipv4_subnet,
-        ipv6_subnet,
-        uuid,
-        region,
-        country,
-        endpoint_host,
-        endpoint_port,
-        public_key,
-        has_released,
-    ): Row,
-) -> Chosen {
-    Chosen {
-        id,
-        ipv4_subnet,
-        ipv6_subnet,
-        uuid,
-        region,
-        country,
-        endpoint_host,
-        endpoint_port,
-        public_key,
-        has_released: has_released != 0,
-    }
 }
