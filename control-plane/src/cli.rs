@@ -88,6 +88,15 @@ enum AdminCommand {
         #[arg(long, value_parser = ["admin", "customer"])]
         role: String,
     },
+    /// Find accounts by part of the address (or a UUID) and status, newest first.
+    FindUsers {
+        #[arg(long)]
+        q: Option<String>,
+        #[arg(long, value_parser = ["active", "suspended", "deleted"])]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
     /// Manage the VIP list.
     #[command(subcommand)]
     Vip(VipCommand),
@@ -206,6 +215,8 @@ enum ServersCommand {
     },
     /// Stop placing devices on a server.
     Retire { id: i64 },
+    /// Move every device off a retired server (customers are mailed their new settings).
+    Evacuate { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,6 +379,23 @@ async fn admin(
             let server =
                 servers::retire(accounts.db(), *id, Actor::Cli, None, SystemClock.now_ms()).await?;
             out(&json(&server)?);
+        }
+        AdminCommand::FindUsers { q, status, limit } => {
+            let search = crate::accounts::AccountSearch {
+                q: q.clone(),
+                status: status.clone(),
+                limit: Some(*limit),
+                before: None,
+            };
+            out(&json(&accounts.find_accounts(search).await?)?);
+        }
+        AdminCommand::Servers(ServersCommand::Evacuate { id }) => {
+            let devices = crate::devices::Devices::new(
+                accounts.db().clone(),
+                std::sync::Arc::new(SystemClock),
+                settings,
+            );
+            out(&json(&devices.evacuate(*id, Actor::Cli, None).await?)?);
         }
         AdminCommand::NodeToken {
             server,

@@ -226,6 +226,27 @@ async fn operator_commands_manage_admins_and_the_vip_list(engine: Engine) {
 
     // A server into the pool, then an order for the admin account served from it.
     let json = |out: &Output| -> serde_json::Value { serde_json::from_str(&stdout(out)).unwrap() };
+    // Operators find accounts from the host too.
+    let found = json(&cmd(
+        &[
+            "admin",
+            "find-users",
+            "--q",
+            "OPS@EXAMPLE",
+            "--status",
+            "active",
+        ],
+        &[],
+    ));
+    assert!(
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == admin["id"] && a["role"] == "admin"),
+        "{found}"
+    );
+
     let server = json(&cmd(
         &[
             "admin",
@@ -241,6 +262,32 @@ async fn operator_commands_manage_admins_and_the_vip_list(engine: Engine) {
         &[],
     ));
     let server_id = server["id"].to_string();
+    // A shared server leaves service and is emptied (it holds no devices here).
+    let spare = json(&cmd(
+        &[
+            "admin",
+            "servers",
+            "add",
+            "--name",
+            "spare-1",
+            "--region",
+            "us-east",
+            "--endpoint-host",
+            "203.0.113.10",
+        ],
+        &[],
+    ));
+    let spare_id = spare["id"].to_string();
+    let evacuate = ["admin", "servers", "evacuate", spare_id.as_str()];
+    assert!(
+        !cmd(&evacuate, &[]).status.success(),
+        "a server in service is not evacuated"
+    );
+    json(&cmd(&["admin", "servers", "retire", &spare_id], &[]));
+    assert_eq!(
+        json(&cmd(&evacuate, &[])),
+        serde_json::json!({ "moved": 0, "stranded": 0, "customers_notified": 0 })
+    );
     let pooled = json(&cmd(
         &[
             "admin",

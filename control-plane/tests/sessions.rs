@@ -409,6 +409,12 @@ async fn password_reset_is_single_use_and_ends_sessions(engine: Engine) {
         body["user"]["email_verified"], true,
         "the reset link proves the mailbox"
     );
+    assert_eq!(
+        app.last_mail("forgot@example.com", "password_changed")
+            .await["how"],
+        "reset",
+        "the owner is told"
+    );
 
     // Links expire after an hour.
     app.post(

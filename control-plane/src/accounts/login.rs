@@ -104,7 +104,7 @@ impl Accounts {
 
     /// Counts a failed password within the window; the failure that reaches the limit locks
     /// the account. Returns the error to answer with.
-    async fn record_failure(
+    pub(super) async fn record_failure(
         &self,
         user_id: i64,
         client: &ClientInfo,
@@ -198,7 +198,7 @@ impl Accounts {
     }
 }
 
-fn locked(until: Millis, now: Millis) -> Error {
+pub(super) fn locked(until: Millis, now: Millis) -> Error {
     Error::AccountLocked {
         retry_after_secs: whole_seconds(until - now),
     }

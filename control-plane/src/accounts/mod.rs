@@ -3,13 +3,17 @@
 //!
 //! Each public method is one domain operation that owns its transaction.
 
+mod closure;
+mod directory;
 mod jwt;
 mod login;
 mod passwords;
+mod profile;
 mod recovery;
 mod registration;
 pub mod scanner;
 mod sessions;
+mod trial_claims;
 mod users;
 pub mod validate;
 mod vip;
@@ -25,12 +29,15 @@ use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::storage::Db;
 
+pub use closure::CloseInput;
+pub use directory::{AccountSearch, AccountSummary};
 pub use jwt::{AccessTokens, Claims, load_or_create_signing_key};
 pub use login::{LoginInput, LogoutInput, RefreshInput};
 pub use passwords::PasswordHasher;
+pub use profile::{PasswordChange, ProfileUpdate};
 pub use recovery::{ResetConfirmInput, ResetRequestInput};
 pub use registration::RegisterInput;
-pub use users::{Role, UserView};
+pub use users::{Role, UserView, contact};
 pub use vip::{VipEntry, VipInput, VipTier};
 
 /// Where a request came from, for sessions and the audit log.
@@ -79,6 +86,8 @@ struct Policy {
     failure_window: Millis,
     lockout: Millis,
     public_url: String,
+    /// How long a closed account's device addresses rest before reuse.
+    address_quarantine: Millis,
 }
 
 #[derive(Debug)]
@@ -124,6 +133,7 @@ impl Accounts {
             failure_window: ms(settings.login_failure_window_secs, SECOND),
             lockout: ms(settings.login_lockout_secs, SECOND),
             public_url: settings.public_url.trim_end_matches('/').to_owned(),
+            address_quarantine: ms(settings.address_quarantine_hours, HOUR),
         };
         Ok(Self {
             db,

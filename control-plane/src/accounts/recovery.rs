@@ -138,6 +138,7 @@ impl Accounts {
         .await?;
         sessions::revoke_all(tx.conn(), user_id, "password_reset", now).await?;
         mark_email_verified(tx.conn(), user_id, now).await?;
+        Self::mail_password_changed(tx.conn(), user_id, "reset", now).await?;
         audit::record(
             tx.conn(),
             audit::Entry {

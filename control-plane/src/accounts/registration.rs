@@ -2,6 +2,7 @@
 //!
 //! Unlike the seed, the user, the subscription, the trial tracking, the verification mail and
 //! the first session are written in ONE transaction, and VIP perks wait for a verified email.
+//! An address gets one trial: registering it again after its account closed starts none.
 
 use serde::Deserialize;
 use sqlx::AnyConnection;
@@ -17,7 +18,7 @@ use crate::storage::is_unique_violation;
 
 use super::users::{load_view, mark_email_verified};
 use super::validate::{self, Problems};
-use super::{Accounts, AuthTokens, Caller, ClientInfo, UserView, sessions};
+use super::{Accounts, AuthTokens, Caller, ClientInfo, UserView, sessions, trial_claims};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +60,6 @@ impl Accounts {
         let password_hash = self.hasher.hash(&password).await?;
 
         let now = self.now();
-        let trial_ends = now + self.policy.trial;
         let mut tx = self.db.begin_write().await?;
         let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
             "INSERT INTO users (uuid, email, password_hash, first_name, last_name, role, status, created_at, updated_at)
@@ -78,6 +78,24 @@ impl Accounts {
             Err(e) if is_unique_violation(&e, "email") => return Err(email_taken()),
             Err(e) => return Err(e.into()),
         };
+        self.queue_verification(tx.conn(), user_id, &email, &first_name, now)
+            .await?;
+        // An address whose trial was used under a closed account starts without one.
+        let trial = !trial_claims::used(tx.conn(), &email).await?;
+        if trial {
+            self.start_trial(tx.conn(), user_id, now).await?;
+        }
+        let issued =
+            sessions::create(tx.conn(), user_id, client, now, self.policy.refresh_ttl).await?;
+        let user = load_view(tx.conn(), user_id).await?;
+        tx.commit().await?;
+        tracing::info!(user_id, trial, "registered a new account");
+        Ok((self.tokens_for(&user.uuid, issued, now)?, user))
+    }
+
+    /// The trial subscription, its tracking row and its workflow (mails, the end).
+    async fn start_trial(&self, conn: &mut AnyConnection, user_id: i64, now: Millis) -> Result<()> {
+        let trial_ends = now + self.policy.trial;
         sqlx::query(
             "INSERT INTO subscriptions (user_id, plan_type, status, trial_started, trial_ends,
                                         current_period_start, current_period_end, created_at, updated_at)
@@ -86,7 +104,7 @@ impl Accounts {
         .bind(user_id)
         .bind(now)
         .bind(trial_ends)
-        .execute(tx.conn())
+        .execute(&mut *conn)
         .await?;
         sqlx::query(
             "INSERT INTO trial_tracking (user_id, trial_started, trial_ends, created_at)
@@ -95,17 +113,9 @@ impl Accounts {
         .bind(user_id)
         .bind(now)
         .bind(trial_ends)
-        .execute(tx.conn())
+        .execute(&mut *conn)
         .await?;
-        self.queue_verification(tx.conn(), user_id, &email, &first_name, now)
-            .await?;
-        workflows::trigger_trial_signup(tx.conn(), user_id, now, self.policy.trial).await?;
-        let issued =
-            sessions::create(tx.conn(), user_id, client, now, self.policy.refresh_ttl).await?;
-        let user = load_view(tx.conn(), user_id).await?;
-        tx.commit().await?;
-        tracing::info!(user_id, "registered a new account with a trial");
-        Ok((self.tokens_for(&user.uuid, issued, now)?, user))
+        workflows::trigger_trial_signup(conn, user_id, now, self.policy.trial).await
     }
 
     /// Consumes a verification token (single use, 24 h) and verifies the address; VIP status

@@ -196,3 +196,40 @@ pub(crate) async fn revoke_all(
     .rows_affected();
     Ok(n)
 }
+
+/// Ends every session of the user but `keep` (the caller's own).
+pub(crate) async fn revoke_others(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    keep: &str,
+    now: Millis,
+) -> Result<u64> {
+    let n = sqlx::query(
+        "UPDATE auth_sessions SET revoked_at = $1, revoked_reason = 'password_changed'
+         WHERE user_id = $2 AND id <> $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(user_id)
+    .bind(keep)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n)
+}
+
+/// Whether the session is still open (not revoked, not expired), read in the caller's
+/// transaction so a revocation committed meanwhile is seen.
+pub(crate) async fn is_live(
+    conn: &mut AnyConnection,
+    session_id: &str,
+    now: Millis,
+) -> Result<bool> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT id FROM auth_sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
+    )
+    .bind(session_id)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
+}

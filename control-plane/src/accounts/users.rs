@@ -13,6 +13,16 @@ use crate::storage::is_unique_violation;
 use super::validate::{self, Problems};
 use super::{Accounts, VipTier};
 
+/// Where a mail about a user goes, and the name it greets: `(email, first_name)`.
+pub async fn contact(conn: &mut AnyConnection, user_id: i64) -> Result<(String, String)> {
+    Ok(
+        sqlx::query_as("SELECT email, first_name FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {

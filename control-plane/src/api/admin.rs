@@ -1,13 +1,13 @@
 //! `/api/v1/admin/*`: operator endpoints (admin role). Every change is in the audit log.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::accounts::{ClientInfo, VipEntry, VipInput};
+use crate::accounts::{AccountSearch, AccountSummary, ClientInfo, VipEntry, VipInput};
 use crate::audit::{self, Actor, AuditRecord};
 use crate::automation::UserRef;
 use crate::automation::tasks::{TaskAction, TaskView};
@@ -16,7 +16,7 @@ use crate::error::Error;
 
 use super::AppState;
 use super::error::{ApiJson, ErrorBody};
-use super::extract::AdminCaller;
+use super::extract::{AdminCaller, Path, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -26,6 +26,8 @@ pub fn routes() -> Router<AppState> {
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}/retry", post(retry_task))
         .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/users", get(list_users))
+        .route("/users/{id}", get(get_user))
         .route("/users/{id}/extend-trial", post(extend_trial))
 }
 
@@ -72,6 +74,28 @@ pub async fn remove_vip(
         .remove_vip(&email, Actor::User(admin.user_id), client.ip)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Find accounts by part of the email address (or a UUID) and status, newest first.
+#[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", security(("bearer" = [])), params(AccountSearch),
+    responses((status = 200, body = Vec<AccountSummary>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Query(search): Query<AccountSearch>,
+) -> Result<Json<Vec<AccountSummary>>, Error> {
+    state.accounts().find_accounts(search).await.map(Json)
+}
+
+/// One account: plan, subscription, devices, lockout.
+#[utoipa::path(get, path = "/api/v1/admin/users/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 200, body = AccountSummary), (status = 404, body = ErrorBody)))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<i64>,
+) -> Result<Json<AccountSummary>, Error> {
+    state.accounts().account(id).await.map(Json)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

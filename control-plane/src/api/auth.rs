@@ -55,7 +55,8 @@ pub struct VerifyEmailInput {
     pub token: Option<String>,
 }
 
-/// Create an account with a 7-day trial (VIP status follows email verification).
+/// Create an account with a 7-day trial (one per address; VIP status follows email
+/// verification).
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterInput,
     responses((status = 201, body = SessionResponse), (status = 400, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
@@ -65,9 +66,14 @@ pub async fn register(
     ApiJson(input): ApiJson<RegisterInput>,
 ) -> Result<(StatusCode, Json<SessionResponse>), Error> {
     let (tokens, user) = state.accounts().register(input, &client).await?;
-    let message = "Registration successful! Your 7-day free trial has started. \
-                   Check your inbox to verify your email."
-        .to_owned();
+    let message = if user.plan_type.as_deref() == Some("trial") {
+        "Registration successful! Your 7-day free trial has started. \
+         Check your inbox to verify your email."
+    } else {
+        "Registration successful! This address has already had its free trial: \
+         choose a plan to connect. Check your inbox to verify your email."
+    }
+    .to_owned();
     Ok((
         StatusCode::CREATED,
         Json(SessionResponse {
