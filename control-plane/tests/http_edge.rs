@@ -15,6 +15,7 @@ engine_tests!(
     unknown_routes_and_methods_answer_in_json,
     admin_endpoints_need_the_admin_role,
     health_readiness_metrics_and_openapi,
+    metrics_are_for_this_machine_or_the_metrics_token,
     migrations_are_idempotent,
     slow_requests_get_503_in_the_error_shape,
 );
@@ -155,6 +156,28 @@ async fn unknown_routes_and_methods_answer_in_json(engine: Engine) {
     let resp = app.http.get(app.url("/api/v1/me")).send().await.unwrap();
     assert_eq!(resp.headers()["www-authenticate"], "Bearer");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Path and query parameters that do not parse are refused in the error shape too.
+    let admin = app.admin_token().await;
+    for (path, code) in [
+        ("/api/v1/admin/users/abc", "invalid_path"),
+        ("/api/v1/admin/audit?limit=many", "invalid_query"),
+        ("/api/v1/admin/users?colour=blue", "invalid_query"),
+    ] {
+        let resp = app
+            .http
+            .get(app.url(path))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
+        let (status, body) = common::split(resp).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, code),
+            "{path}: {body}"
+        );
+    }
 }
 
 async fn admin_endpoints_need_the_admin_role(engine: Engine) {
@@ -284,4 +307,35 @@ async fn slow_requests_get_503_in_the_error_shape(engine: Engine) {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(error_code(&body), "unavailable");
     assert_eq!(app.count("SELECT COUNT(*) FROM users").await, 0);
+}
+
+/// Behind a trusted proxy, a remote client (known from `X-Forwarded-For`) is refused the
+/// metrics unless it presents the metrics token; a client on this machine needs none.
+async fn metrics_are_for_this_machine_or_the_metrics_token(engine: Engine) {
+    let app = TestApp::start_with(engine, |s| {
+        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.metrics_token = Some(truevault_control_plane::secret::Secret::new("scrape-me"));
+    })
+    .await;
+    let get = |forwarded: Option<&str>, token: Option<&str>| {
+        let mut req = app.http.get(app.url("/metrics"));
+        if let Some(ip) = forwarded {
+            req = req.header("x-forwarded-for", ip);
+        }
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    let local = get(None, None).await.unwrap();
+    assert_eq!(local.status(), StatusCode::OK);
+    assert!(local.text().await.unwrap().contains("truevault_"));
+    for token in [None, Some("guess"), Some("")] {
+        let (status, body) = common::split(get(Some("203.0.113.9"), token).await.unwrap()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{token:?}: {body}");
+        assert_eq!(error_code(&body), "forbidden");
+    }
+    let remote = get(Some("203.0.113.9"), Some("scrape-me")).await.unwrap();
+    assert_eq!(remote.status(), StatusCode::OK);
+    assert!(remote.text().await.unwrap().contains("truevault_"));
 }

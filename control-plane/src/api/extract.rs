@@ -1,4 +1,5 @@
-//! Request extractors: the authenticated caller, the admin caller and the client's address.
+//! Request extractors: the authenticated caller, the admin caller, the client's address, and
+//! path and query parameters that are refused in the error shape.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,10 +9,44 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use serde::de::DeserializeOwned;
+
 use crate::accounts::{Caller, ClientInfo, Role};
 use crate::error::Error;
 
 use super::AppState;
+
+/// axum's `Path`, but a parameter that does not parse (`/servers/abc`) is a 400
+/// `invalid_path` in the error shape rather than axum's plain text.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Path<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|rejection| Error::invalid("invalid_path", rejection.body_text()))
+    }
+}
+
+/// axum's `Query`, but a query string that does not parse (`?limit=abc`, an unknown name) is
+/// a 400 `invalid_query` in the error shape.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Query<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| Error::invalid("invalid_query", rejection.body_text()))
+    }
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
@@ -52,6 +87,37 @@ impl FromRequestParts<AppState> for AdminCaller {
             Ok(Self(caller))
         } else {
             Err(Error::Forbidden("this action needs the admin role"))
+        }
+    }
+}
+
+/// A caller allowed to read `/metrics`: on this machine, or with the metrics token.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsReader;
+
+impl FromRequestParts<AppState> for MetricsReader {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        if client_ip(parts, state).is_some_and(|ip| ip.is_loopback()) {
+            return Ok(Self);
+        }
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        // Digests are compared, so the time taken says nothing about the token itself.
+        match (presented, state.0.metrics_token) {
+            (Some(token), Some(expected))
+                if crate::crypto::sha256(token.as_bytes()) == expected =>
+            {
+                Ok(Self)
+            }
+            _ => Err(Error::Forbidden(
+                "metrics are served on this machine, or with the metrics token",
+            )),
         }
     }
 }

@@ -58,6 +58,8 @@ struct Inner {
     /// payment provider, so a sender of forged deliveries is cut off quickly.
     webhook_failures: RateLimiter,
     trusted_proxies: Vec<IpAddr>,
+    /// SHA-256 of the token that opens `/metrics` to a remote scraper.
+    metrics_token: Option<[u8; 32]>,
     max_body_bytes: usize,
     enrollment_token_ttl: crate::clock::Millis,
     order_deadline: crate::clock::Millis,
@@ -69,6 +71,7 @@ pub struct HttpSettings {
     pub auth_rate_limit_burst: u32,
     pub auth_rate_limit_per_minute: u32,
     pub trusted_proxies: Vec<IpAddr>,
+    pub metrics_token: Option<crate::secret::Secret>,
     pub max_body_bytes: usize,
     pub enrollment_token_ttl: crate::clock::Millis,
     /// How long a retried dedicated-server order gets.
@@ -116,6 +119,10 @@ impl AppState {
             // The provider's own deliveries never fail verification.
             webhook_failures: RateLimiter::new(10, 10),
             trusted_proxies: settings.trusted_proxies.clone(),
+            metrics_token: settings
+                .metrics_token
+                .as_ref()
+                .map(|t| crate::crypto::sha256(t.expose().as_bytes())),
             max_body_bytes: settings.max_body_bytes,
             enrollment_token_ttl: settings.enrollment_token_ttl,
             order_deadline: settings.order_deadline,
@@ -172,7 +179,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
         .nest("/auth", auth::routes(state.clone()))
-        .merge(me::routes())
+        .merge(me::routes(state.clone()))
         .merge(devices::routes(state.clone()))
         .merge(billing::routes())
         .nest(

@@ -86,6 +86,25 @@ fn unknown_and_invalid_settings_are_errors() {
 }
 
 #[test]
+fn the_metrics_token_comes_from_a_file_and_is_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics-token");
+    std::fs::write(&file, "scrape-s3cret\n").unwrap();
+    let s = Settings::load_from(
+        None,
+        &env(&[("TRUEVAULT_METRICS_TOKEN_FILE", file.to_str().unwrap())]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        s.metrics_token.as_ref().map(|t| t.expose()),
+        Some("scrape-s3cret")
+    );
+    assert!(!format!("{s:?}").contains("s3cret"));
+    assert!(!s.to_redacted_toml().unwrap().contains("s3cret"));
+}
+
+#[test]
 fn database_url_from_file_is_secret() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("db");
