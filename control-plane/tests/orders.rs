@@ -597,15 +597,21 @@ async fn two_processes_running_orders_at_once_create_one_server_per_order(engine
     }
     app.run_tasks().await;
     let replica = app.replica().await;
-    let (a, b) = tokio::join!(
-        app.state.orders().run_due(),
-        replica.state.orders().run_due()
-    );
-    assert_eq!(
-        a.unwrap() + b.unwrap(),
-        3,
-        "each order claimed by one process"
-    );
+    // The first round creates the instances; the later ones poll them while they boot. In
+    // every round each due order is worked on once: a process that read an order as due must
+    // not take it after the other one already worked on it and put it to sleep.
+    for round in 0..6 {
+        let (a, b) = tokio::join!(
+            app.state.orders().run_due(),
+            replica.state.orders().run_due()
+        );
+        assert_eq!(
+            a.unwrap() + b.unwrap(),
+            3,
+            "round {round}: each due order worked on by one process, once"
+        );
+        app.advance(POLL);
+    }
     let instances = contabo.instances();
     assert_eq!(instances.len(), 3, "{instances:?}");
     let mut names: Vec<_> = instances.iter().map(|i| i.display_name.clone()).collect();

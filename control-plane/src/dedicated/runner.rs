@@ -75,6 +75,12 @@ pub(super) const LET_GO: &str = "lease_owner = NULL, lease_until = NULL";
 const OPEN: &str = "(status IN ('pending', 'provisioning', 'configuring')
                      OR (release_requested_at IS NOT NULL AND released_at IS NULL))";
 
+/// An open order this process may take at `$1` (now): due, and leased to nobody live. The
+/// claiming `UPDATE` checks it again: between reading an order as due and taking it, another
+/// process may have worked on it and put it to sleep (its lease given up).
+const CLAIMABLE: &str =
+    "COALESCE(next_run_at, 0) <= $1 AND (lease_until IS NULL OR lease_until <= $1)";
+
 impl OrderRunner {
     pub fn new(db: Db, clock: SharedClock, settings: RunnerSettings) -> Self {
         Self {
@@ -158,9 +164,7 @@ impl OrderRunner {
     async fn claim(&self, limit: usize) -> Result<Vec<i64>> {
         let now = self.clock.now_ms();
         let candidates: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM server_provisioning_queue
-             WHERE {OPEN} AND COALESCE(next_run_at, 0) <= $1
-               AND (lease_until IS NULL OR lease_until <= $1)
+            "SELECT id FROM server_provisioning_queue WHERE {OPEN} AND {CLAIMABLE}
              ORDER BY COALESCE(next_run_at, 0), id LIMIT $2"
         )))
         .bind(now)
@@ -175,13 +179,13 @@ impl OrderRunner {
         let mut tx = self.db.begin_write().await?;
         for (id,) in candidates.into_iter().filter(|(id,)| !busy.contains(id)) {
             let taken = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE server_provisioning_queue SET lease_owner = $1, lease_until = $2
-                 WHERE id = $3 AND {OPEN} AND (lease_until IS NULL OR lease_until <= $4)"
+                "UPDATE server_provisioning_queue SET lease_owner = $2, lease_until = $3
+                 WHERE id = $4 AND {OPEN} AND {CLAIMABLE}"
             )))
+            .bind(now)
             .bind(&self.worker_id)
             .bind(now + self.settings.lease)
             .bind(id)
-            .bind(now)
             .execute(tx.conn())
             .await?
             .rows_affected();
