@@ -291,11 +291,12 @@ async fn migrations_are_idempotent(engine: Engine) {
 }
 
 async fn slow_requests_get_503_in_the_error_shape(engine: Engine) {
-    // Argon2id at 128 MiB and 16 passes takes seconds: far over a one-second request limit.
+    // Argon2id at 128 MiB and 32 passes (4 GiB of memory traffic) takes several seconds even
+    // on a fast idle core: far over a one-second request limit.
     let app = TestApp::start_with(engine, |s| {
         s.request_timeout_secs = 1;
         s.password_hash_memory_kib = 128 * 1024;
-        s.password_hash_iterations = 16;
+        s.password_hash_iterations = 32;
     })
     .await;
     let (status, body) = app

@@ -64,6 +64,11 @@ struct NodeStream {
     rx: Streaming<ControlMessage>,
 }
 
+/// The heartbeat interval test streams declare: the longest the server accepts. The server
+/// closes a stream silent for three intervals of real time, and these streams send no
+/// heartbeats of their own; a short interval would end a stream whose test is merely slow.
+const HEARTBEAT: Duration = Duration::from_secs(300);
+
 impl NodeStream {
     async fn open(client: &mut NodeClient, applied: u64) -> Self {
         let (tx, out) = mpsc::channel(16);
@@ -71,7 +76,7 @@ impl NodeStream {
             applied_revision: applied,
             interface: None,
             agent_version: "test".into(),
-            heartbeat_interval_ms: 1_000,
+            heartbeat_interval_ms: u32::try_from(HEARTBEAT.as_millis()).unwrap(),
         })))
         .await
         .unwrap();
@@ -342,18 +347,30 @@ async fn a_reconnecting_node_catches_up_and_its_old_stream_cannot_mark_it_offlin
         .unwrap();
     assert_eq!(server_status(&app, server_id).await.0, "online");
 
-    // Three missed heartbeats (by the node's 1 s interval) mark it offline.
+    // Three missed heartbeats (by the node's interval) mark it offline. Wait until the
+    // heartbeat is stored (its load shows): stored after the clock moved, it would be fresh.
     second
-        .send(agent_message::Body::Heartbeat(Heartbeat::default()))
+        .send(agent_message::Body::Heartbeat(Heartbeat {
+            health: Some(NodeHealth {
+                load1: 2.0,
+                cpu_count: 4,
+                interface_up: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the heartbeat is stored", || async {
+        server_status(&app, server_id).await == ("online".to_string(), 500)
+    })
+    .await;
     assert_eq!(
         session::mark_silent_offline(app.db(), app.clock.now_ms())
             .await
             .unwrap(),
         0
     );
-    app.advance(Duration::from_secs(4));
+    app.advance(HEARTBEAT * 3 + Duration::from_secs(1));
     assert_eq!(
         session::mark_silent_offline(app.db(), app.clock.now_ms())
             .await

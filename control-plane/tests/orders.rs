@@ -32,6 +32,23 @@ engine_tests!(
 const OPERATOR: &str = "ops@truevault.example";
 const POLL: Duration = Duration::from_secs(12);
 
+/// Polls `check` (real time: nodes and the provider work asynchronously) until it holds;
+/// fails the test, naming what never happened, after 30 s.
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn app(engine: Engine, paypal: &FakePayPal, contabo: &FakeContabo) -> TestApp {
     let (auth, api) = (contabo.auth_url(), contabo.api_url());
     app_with_paypal(engine, paypal, move |s| {
@@ -255,12 +272,10 @@ async fn simultaneous_purchases_with_one_pool_server_get_it_and_a_new_instance(e
 
     // The machine enrolls with its cloud-init's token and connects: the order completes.
     let _node = boot_node(&app, &contabo.named(&name)[0]).await;
-    for _ in 0..100 {
-        if server_status(&app, server_id).await.0 == "online" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the node is online", || async {
+        server_status(&app, server_id).await.0 == "online"
+    })
+    .await;
     app.advance(POLL);
     app.state.orders().run_due().await.unwrap();
     let order = order_of(&app, &admin, waiting.0).await;
@@ -390,24 +405,20 @@ async fn an_interrupted_run_is_resumed_by_another_process_without_a_second_creat
     contabo.inject(Route::Create, [Fault::Slow(Duration::from_millis(1500))]);
     let runner = app.state.orders().clone();
     let stopped = tokio::spawn(async move { runner.run_due().await });
-    for _ in 0..100 {
-        if contabo.calls(Route::Create) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the create is sent", || async {
+        contabo.calls(Route::Create) == 1
+    })
+    .await;
     stopped.abort();
     let order = order_of(&app, &admin, "resume@example.com").await;
     assert_eq!(order["status"], "provisioning", "{order}");
     assert!(order["provider_instance_id"].is_null());
     // The provider carries the create out anyway.
     let name = order["provider_display_name"].as_str().unwrap().to_owned();
-    for _ in 0..100 {
-        if contabo.named(&name).len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the provider creates the instance", || async {
+        contabo.named(&name).len() == 1
+    })
+    .await;
 
     // Another process waits for the lease to lapse, then finds the instance by its name.
     let other = app.replica().await;
@@ -453,12 +464,10 @@ async fn a_cancelled_dedicated_subscription_gives_its_servers_back(engine: Engin
     let _node = boot_node(&app, &contabo.instances()[0]).await;
     let fresh = order_of(&app, &admin, "fresh@example.com").await;
     let fresh_server = fresh["server_id"].as_i64().unwrap();
-    for _ in 0..100 {
-        if server_status(&app, fresh_server).await.0 == "online" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the node is online", || async {
+        server_status(&app, fresh_server).await.0 == "online"
+    })
+    .await;
     app.advance(POLL);
     app.state.orders().run_due().await.unwrap();
     assert_eq!(
@@ -575,12 +584,10 @@ async fn a_retry_after_the_deadline_reboots_the_instance_with_a_fresh_token(engi
     let server = order_of(&app, &admin, "slow@example.com").await["server_id"]
         .as_i64()
         .unwrap();
-    for _ in 0..100 {
-        if server_status(&app, server).await.0 == "online" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the node is online", || async {
+        server_status(&app, server).await.0 == "online"
+    })
+    .await;
     app.advance(POLL);
     app.state.orders().run_due().await.unwrap();
     let order = order_of(&app, &admin, "slow@example.com").await;

@@ -22,8 +22,10 @@ const POLICY: RetryPolicy = RetryPolicy {
     settle: Duration::from_millis(1_500),
 };
 
+/// Instances boot when a test says so ([`FakeContabo::boot`]), never on a timer a slow
+/// machine could outrun.
 async fn fake() -> FakeContabo {
-    FakeContabo::start(Duration::from_millis(300), Duration::from_secs(300)).await
+    FakeContabo::start(Duration::from_secs(24 * 3600), Duration::from_secs(300)).await
 }
 
 fn settings(fake: &FakeContabo) -> ContaboSettings {
@@ -81,7 +83,7 @@ async fn a_clean_create_sends_what_the_spec_requires_and_the_server_comes_up() {
     let first = contabo.get(&id).await.unwrap();
     assert_eq!(first.status, InstanceStatus::Provisioning);
     assert!(first.ipv4.is_none(), "no IP while provisioning");
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    fake.boot(id.parse().unwrap(), std::net::Ipv4Addr::new(203, 0, 113, 7));
     let up = contabo.get(&id).await.unwrap();
     assert!(up.is_up(), "{up:?}");
     assert!(up.ipv4.is_some() && up.ipv6.is_some());
