@@ -140,7 +140,7 @@ async fn bench(engine: &'static str, a: &Args) -> Vec<String> {
         None
     };
     let db = server::open_database(&settings).await.unwrap();
-    let automation = Automation::new(db.clone(), Arc::new(SystemClock), &settings).unwrap();
+    let automation = Automation::new(db.clone(), Arc::new(SystemClock), &settings, None).unwrap();
     let mut rows = Vec::new();
 
     let now = SystemClock.now_ms();

@@ -301,7 +301,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             let settings = cli.settings(None)?;
             let db = server::open_database(&settings).await?;
             let accounts = server::accounts(db.clone(), &settings, Arc::new(SystemClock))?;
-            let automation = Automation::new(db.clone(), Arc::new(SystemClock), &settings)?;
+            let provider = server::payment_provider(&settings)?;
+            let automation =
+                Automation::new(db.clone(), Arc::new(SystemClock), &settings, provider)?;
             let result = admin(&accounts, &automation, &settings, cmd).await;
             db.close().await;
             result

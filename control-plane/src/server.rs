@@ -50,34 +50,31 @@ pub fn accounts(db: Db, settings: &Settings, clock: SharedClock) -> Result<Accou
     Accounts::new(db, clock, settings, &key)
 }
 
-/// Payments: PayPal when configured, otherwise checkout answers 503.
-pub fn payments(db: Db, settings: &Settings, clock: SharedClock) -> Result<Payments> {
-    let paypal = match (
-        &settings.paypal_client_id,
-        &settings.paypal_client_secret,
-        &settings.paypal_webhook_id,
-    ) {
-        (Some(client_id), Some(secret), Some(webhook_id)) => {
-            let public = settings.public_url.trim_end_matches('/');
-            let paypal: Arc<dyn PaymentProvider> = Arc::new(PayPal::new(PayPalSettings {
-                base_url: settings.paypal_base_url.clone(),
-                client_id: client_id.clone(),
-                client_secret: secret.clone(),
-                webhook_id: webhook_id.clone(),
-                return_url: format!("{public}/billing/approved"),
-                cancel_url: format!("{public}/billing/cancelled"),
-                timeout: Duration::from_secs(30),
-            })?);
-            Some(paypal)
-        }
-        _ => None,
-    };
-    Ok(Payments::new(
-        db,
-        clock,
-        paypal,
-        settings.paypal_plans.clone(),
-    ))
+/// The payment provider: PayPal when its credentials are set. Without it checkout answers
+/// 503 and duplicate subscriptions wait to be settled.
+pub fn payment_provider(settings: &Settings) -> Result<Option<Arc<dyn PaymentProvider>>> {
+    Ok(
+        match (
+            &settings.paypal_client_id,
+            &settings.paypal_client_secret,
+            &settings.paypal_webhook_id,
+        ) {
+            (Some(client_id), Some(secret), Some(webhook_id)) => {
+                let public = settings.public_url.trim_end_matches('/');
+                let paypal: Arc<dyn PaymentProvider> = Arc::new(PayPal::new(PayPalSettings {
+                    base_url: settings.paypal_base_url.clone(),
+                    client_id: client_id.clone(),
+                    client_secret: secret.clone(),
+                    webhook_id: webhook_id.clone(),
+                    return_url: format!("{public}/billing/approved"),
+                    cancel_url: format!("{public}/billing/cancelled"),
+                    timeout: Duration::from_secs(30),
+                })?);
+                Some(paypal)
+            }
+            _ => None,
+        },
+    )
 }
 
 /// The dedicated-server order runner; it creates servers when a provider is configured.
@@ -220,9 +217,20 @@ impl Server {
             Arc::clone(&hub),
             Arc::clone(&metrics),
         );
-        let automation = Arc::new(Automation::new(db.clone(), Arc::clone(&clock), settings)?);
+        let provider = payment_provider(settings)?;
+        let automation = Arc::new(Automation::new(
+            db.clone(),
+            Arc::clone(&clock),
+            settings,
+            provider.clone(),
+        )?);
         let devices = Devices::new(db.clone(), Arc::clone(&clock), settings);
-        let payments = payments(db.clone(), settings, Arc::clone(&clock))?;
+        let payments = Payments::new(
+            db.clone(),
+            Arc::clone(&clock),
+            provider,
+            settings.paypal_plans.clone(),
+        );
         let state = AppState::new(
             Services {
                 accounts: accounts(db, settings, Arc::clone(&clock))?,

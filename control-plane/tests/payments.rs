@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::paypal::{activation, app_with_paypal, cancelled, deliver, sale_completed, subscriber};
+use common::paypal::{
+    activation, app_with_paypal, cancelled, deliver, refunded, sale_completed, subscriber,
+};
 use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -353,12 +355,6 @@ async fn a_failed_payment_runs_dunning_and_a_later_payment_ends_it(engine: Engin
         1,
         "{sent:?}"
     );
-}
-
-fn refunded(event_id: &str, sale_id: &str, total: &str) -> String {
-    format!(
-        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"refund","event_type":"PAYMENT.SALE.REFUNDED","resource":{{"id":"REFUND-{sale_id}","state":"completed","sale_id":"{sale_id}","amount":{{"total":"{total}","currency":"USD"}}}}}}"#
-    )
 }
 
 async fn reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period_end(

@@ -22,6 +22,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::audit::{self, Actor};
+use crate::billing::duplicates::{self, GaveUp, Settlement};
+use crate::billing::payments::PAYMENTS;
+use crate::billing::provider::PaymentProvider;
 use crate::billing::trials::{self, TrialExtension};
 use crate::clock::{Millis, SECOND, SharedClock};
 use crate::config::Settings;
@@ -58,6 +61,8 @@ pub struct Automation {
     renderer: MailRenderer,
     transport: MailTransport,
     steps: StepContext,
+    /// Settles duplicate subscriptions (`None`: payments are not configured).
+    payments: Option<Arc<dyn PaymentProvider>>,
     /// Identifies this worker's leases; unique per process start.
     worker_id: String,
     lease: Millis,
@@ -68,7 +73,12 @@ pub struct Automation {
 }
 
 impl Automation {
-    pub fn new(db: Db, clock: SharedClock, settings: &Settings) -> Result<Self> {
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        settings: &Settings,
+        payments: Option<Arc<dyn PaymentProvider>>,
+    ) -> Result<Self> {
         let to_ms = |secs: u64| i64::try_from(secs).unwrap_or(i64::MAX / SECOND) * SECOND;
         Ok(Self {
             db,
@@ -79,6 +89,7 @@ impl Automation {
                 regions: settings.regions.clone(),
                 operator_email: settings.operator_email.clone(),
             },
+            payments,
             worker_id: format!(
                 "{}-{}",
                 std::process::id(),
@@ -135,12 +146,11 @@ impl Automation {
 
     /// Runs one claimed task: its effects and its completion commit together, or not at all.
     pub async fn execute(&self, task: &ClaimedTask) -> Result<Outcome> {
-        let run =
-            if task.workflow == workflows::MAINTENANCE && task.step == workflows::EXPIRE_TRIALS {
-                self.run_sweep(task).await
-            } else {
-                self.run_step(task).await
-            };
+        let run = match (task.workflow.as_str(), task.step.as_str()) {
+            (workflows::MAINTENANCE, workflows::EXPIRE_TRIALS) => self.run_sweep(task).await,
+            (PAYMENTS, duplicates::CANCEL | duplicates::REFUND) => self.run_settlement(task).await,
+            _ => self.run_step(task).await,
+        };
         match run {
             Ok(outcome) => Ok(outcome),
             Err(error) => self.record_failure(task, &error.to_string()).await,
@@ -159,6 +169,53 @@ impl Automation {
         } else {
             tx.rollback().await?;
             tracing::warn!(task = %task.key, "lease lost before completion; the run was rolled back");
+            Ok(Outcome::LeaseLost)
+        }
+    }
+
+    /// A duplicate subscription's cancellation or refund: the provider is asked first, outside
+    /// the transaction (the call is idempotent, so a retry or a successor repeats it safely),
+    /// then its answer is recorded with the task's completion. The last failed attempt tells
+    /// the operator, who must finish it by hand.
+    async fn run_settlement(&self, task: &ClaimedTask) -> Result<Outcome> {
+        let settlement = Settlement::of_task(&task.step, &task.payload)?;
+        let user_id = task
+            .user_id
+            .ok_or_else(|| Error::internal(format!("task {} has no user", task.key)))?;
+        let provider = self.payments.as_deref().ok_or(Error::Unavailable(
+            "payments are not configured on this server",
+        ));
+        let settled = match provider {
+            Ok(provider) => settlement.carry_out(provider).await,
+            Err(e) => Err(e),
+        };
+        let settled = match settled {
+            Ok(settled) => settled,
+            Err(error) => {
+                if task.attempt >= task.max_attempts {
+                    let message = error.to_string();
+                    let gave_up = GaveUp {
+                        attempts: task.attempt,
+                        error: &message,
+                    };
+                    let operator = self.steps.operator_email.as_deref();
+                    let mut tx = self.db.begin_write().await?;
+                    settlement
+                        .alert(tx.conn(), operator, user_id, gave_up, self.clock.now_ms())
+                        .await?;
+                    tx.commit().await?;
+                }
+                return Err(error);
+            }
+        };
+        let mut tx = self.db.begin_write().await?;
+        let now = self.clock.now_ms();
+        settlement.record(tx.conn(), user_id, &settled, now).await?;
+        if tasks::complete(tx.conn(), task.id, &self.worker_id, now).await? {
+            tx.commit().await?;
+            Ok(Outcome::Succeeded)
+        } else {
+            tx.rollback().await?;
             Ok(Outcome::LeaseLost)
         }
     }

@@ -41,7 +41,7 @@ pub async fn run(
             .get("event")
             .and_then(serde_json::Value::as_i64)
             .ok_or_else(|| Error::internal(format!("task {} names no event", task.key)))?;
-        return payments::process_event(conn, row, ctx.operator_email.as_deref(), now).await;
+        return payments::process_event(conn, row, now).await;
     }
     let user_id = task
         .user_id

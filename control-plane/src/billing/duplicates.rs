@@ -4,17 +4,33 @@
 //! either was approved both pass, and approving both would bill the customer twice. The first
 //! activation wins. A later one is recorded as a duplicate (`checkouts.duplicate_of`) and
 //! applies nothing (no plan change, no promo code, the customer's subscription stays linked to
-//! the first); the second subscription's payments are recorded, give no service, and the
-//! operator is told to cancel and refund it at PayPal. Its other events (failed payments,
-//! cancellation) already touch only the subscription they name, which is not the linked one.
+//! the first). Its other events (failed payments, cancellation) already touch only the
+//! subscription they name, which is not the linked one.
+//!
+//! The service then settles it itself, each as a task of its own: the duplicate is cancelled
+//! at PayPal, and every payment PayPal collects on it is recorded, gives no service, and is
+//! refunded in full. The customer is told of each; the operator only when PayPal keeps
+//! refusing and a person must finish the job. The provider is called before the task's
+//! transaction and is idempotent (a cancelled subscription, a refund's request id), so a
+//! retried or taken-over task repeats the call harmlessly.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
 use crate::accounts;
+use crate::audit::{self, Actor, Entry};
 use crate::automation::outbox::{self, OutgoingMail};
+use crate::automation::tasks::{self, DEFAULT_MAX_ATTEMPTS, NewTask};
 use crate::clock::Millis;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+use super::payments::PAYMENTS;
+use super::provider::{Cancellation, PaymentProvider, Refund};
+
+/// The task step that cancels a duplicate subscription at PayPal.
+pub const CANCEL: &str = "cancel_duplicate";
+/// The task step that refunds a payment collected on a duplicate subscription.
+pub const REFUND: &str = "refund_duplicate_payment";
 
 /// The customer's live PayPal subscription other than `subscription`, if any: one that bills
 /// and is not cancelled at its period's end.
@@ -37,10 +53,12 @@ pub async fn live_other(
     Ok(live.map(|(id,)| id))
 }
 
-/// Records the checkout as done, as a duplicate of `current`.
+/// Records the checkout as done, as a duplicate of `current`, and schedules its cancellation.
 pub async fn mark(
     conn: &mut AnyConnection,
     checkout_id: i64,
+    user_id: i64,
+    subscription: &str,
     current: &str,
     now: Millis,
 ) -> Result<()> {
@@ -50,71 +68,291 @@ pub async fn mark(
     .bind(now)
     .bind(current)
     .bind(checkout_id)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    tracing::warn!(
+        user_id,
+        subscription,
+        current,
+        "a second PayPal subscription was not applied; it is cancelled at PayPal"
+    );
+    let settlement = Settlement::Cancel {
+        subscription: subscription.to_owned(),
+    };
+    settlement.schedule(conn, user_id, now).await
 }
 
-/// What the operator is told about a duplicate subscription.
-#[derive(Debug)]
-pub struct Alert<'a> {
-    pub user_id: i64,
-    pub subscription: &'a str,
-    pub current: &'a str,
-    pub plan: &'a str,
-    /// A payment collected on the duplicate: its sale id and amount.
-    pub sale: Option<(&'a str, String)>,
-}
-
-/// Mails the operator (once per subscription, and once per sale on it).
-pub async fn alert(
+/// Schedules the refund of a payment just recorded on a duplicate subscription.
+pub async fn refund_later(
     conn: &mut AnyConnection,
-    operator: Option<&str>,
-    alert: Alert<'_>,
+    user_id: i64,
+    sale: &str,
     now: Millis,
 ) -> Result<()> {
     tracing::warn!(
-        user_id = alert.user_id,
-        subscription = alert.subscription,
-        current = alert.current,
-        sale = alert.sale.as_ref().map(|(id, _)| *id),
-        "a second PayPal subscription was not applied; it must be cancelled and refunded"
+        user_id,
+        sale,
+        "a payment on a duplicate subscription; it is refunded"
     );
-    let Some(operator) = operator else {
-        tracing::warn!("no operator_email is set: nobody is mailed about the duplicate");
-        return Ok(());
+    let settlement = Settlement::Refund {
+        sale: sale.to_owned(),
     };
-    let (email, first_name) = accounts::contact(&mut *conn, alert.user_id).await?;
-    let (sale, amount) = alert.sale.unwrap_or_default();
-    let action = if sale.is_empty() {
-        "cancel it and refund it".to_owned()
-    } else {
-        format!("refund sale {sale}")
-    };
-    outbox::enqueue(
-        conn,
-        OutgoingMail {
-            to: operator,
-            user_id: None,
-            template: "duplicate_subscription",
-            context: json!({
-                "first_name": first_name,
-                "email": email,
-                "user_id": alert.user_id,
-                "subscription": alert.subscription,
-                "current": alert.current,
-                "plan": alert.plan,
-                "sale": sale,
-                "amount": amount,
-                "action": action,
+    settlement.schedule(conn, user_id, now).await
+}
+
+/// One thing to set right at the provider about a duplicate subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    Cancel { subscription: String },
+    Refund { sale: String },
+}
+
+/// What the provider answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    Cancelled(Cancellation),
+    Refunded(Refund),
+}
+
+/// The operator's duplicate mail, when a settlement gave up: what failed and how often.
+#[derive(Debug, Clone, Copy)]
+pub struct GaveUp<'a> {
+    pub attempts: i64,
+    pub error: &'a str,
+}
+
+impl Settlement {
+    /// The settlement a task (`payments`/[`CANCEL`] or [`REFUND`]) carries.
+    pub fn of_task(step: &str, payload: &Value) -> Result<Self> {
+        let field = |name: &str| {
+            payload
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| Error::internal(format!("a {step} task without its {name}")))
+        };
+        match step {
+            CANCEL => Ok(Self::Cancel {
+                subscription: field("subscription")?,
             }),
-            dedupe_key: Some(format!(
-                "duplicate_subscription:{}:{sale}",
-                alert.subscription
-            )),
-        },
-        now,
+            REFUND => Ok(Self::Refund {
+                sale: field("sale")?,
+            }),
+            other => Err(Error::internal(format!("{other} is not a settlement step"))),
+        }
+    }
+
+    async fn schedule(&self, conn: &mut AnyConnection, user_id: i64, now: Millis) -> Result<()> {
+        let (step, key, payload) = match self {
+            Self::Cancel { subscription } => (
+                CANCEL,
+                format!("{CANCEL}:{subscription}"),
+                json!({ "subscription": subscription }),
+            ),
+            Self::Refund { sale } => (REFUND, format!("{REFUND}:{sale}"), json!({ "sale": sale })),
+        };
+        tasks::schedule(
+            conn,
+            NewTask {
+                key,
+                workflow: PAYMENTS,
+                step,
+                payload,
+                user_id: Some(user_id),
+                run_at: now,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+            },
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Asks the provider; outside any transaction (it may take seconds).
+    pub async fn carry_out(&self, provider: &dyn PaymentProvider) -> Result<Settled> {
+        match self {
+            Self::Cancel { subscription } => provider
+                .cancel_subscription(
+                    subscription,
+                    "A second subscription approved by mistake: the customer already has one.",
+                )
+                .await
+                .map(Settled::Cancelled),
+            Self::Refund { sale } => provider
+                .refund_payment(sale, &format!("truevault-refund-{sale}"))
+                .await
+                .map(Settled::Refunded),
+        }
+    }
+
+    /// Records what the provider did and tells the customer (once, whoever records it).
+    pub async fn record(
+        &self,
+        conn: &mut AnyConnection,
+        user_id: i64,
+        settled: &Settled,
+        now: Millis,
+    ) -> Result<()> {
+        let (email, first_name) = accounts::contact(&mut *conn, user_id).await?;
+        let (template, dedupe, context, details) = match (self, settled) {
+            (Self::Cancel { subscription }, Settled::Cancelled(how)) => {
+                sqlx::query(
+                    "UPDATE checkouts SET duplicate_cancelled_at = COALESCE(duplicate_cancelled_at, $1)
+                     WHERE provider = 'paypal' AND provider_ref = $2",
+                )
+                .bind(now)
+                .bind(subscription)
+                .execute(&mut *conn)
+                .await?;
+                let plan = plan_name(conn, subscription).await?;
+                (
+                    "duplicate_cancelled",
+                    format!("duplicate_cancelled:{subscription}"),
+                    json!({ "first_name": first_name, "plan": plan }),
+                    json!({ "subscription": subscription, "already_inactive": *how == Cancellation::AlreadyInactive }),
+                )
+            }
+            (Self::Refund { sale }, Settled::Refunded(how)) => {
+                let refund_id = match how {
+                    Refund::Refunded(id) => Some(id.as_str()),
+                    Refund::AlreadyRefunded => None,
+                };
+                let (cents, currency): (i64, String) = sqlx::query_as(
+                    "UPDATE payments SET status = 'refunded', updated_at = $1,
+                            provider_refund_id = COALESCE(provider_refund_id, $2)
+                     WHERE provider = 'paypal' AND provider_payment_id = $3
+                     RETURNING amount_cents, currency",
+                )
+                .bind(now)
+                .bind(refund_id)
+                .bind(sale)
+                .fetch_one(&mut *conn)
+                .await?;
+                (
+                    "duplicate_refunded",
+                    format!("duplicate_refunded:{sale}"),
+                    json!({ "first_name": first_name, "sale": sale, "amount": money(cents, &currency) }),
+                    json!({ "sale": sale, "refund": refund_id }),
+                )
+            }
+            _ => {
+                return Err(Error::internal(
+                    "a settlement recorded with another's answer",
+                ));
+            }
+        };
+        audit::record(
+            &mut *conn,
+            Entry {
+                actor: Actor::System,
+                action: template,
+                target_type: Some("user"),
+                target_id: Some(user_id.to_string()),
+                details,
+                ip: None,
+            },
+            now,
+        )
+        .await?;
+        outbox::enqueue(
+            conn,
+            OutgoingMail {
+                to: &email,
+                user_id: Some(user_id),
+                template,
+                context,
+                dedupe_key: Some(dedupe),
+            },
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Tells the operator that this settlement gave up: a person must finish it at PayPal.
+    pub async fn alert(
+        &self,
+        conn: &mut AnyConnection,
+        operator: Option<&str>,
+        user_id: i64,
+        gave_up: GaveUp<'_>,
+        now: Millis,
+    ) -> Result<()> {
+        tracing::error!(user_id, settlement = ?self, error = gave_up.error, "a duplicate subscription could not be settled at PayPal; it needs a person");
+        let Some(operator) = operator else {
+            tracing::warn!("no operator_email is set: nobody is mailed about the duplicate");
+            return Ok(());
+        };
+        let (subscription, sale, amount, action) = match self {
+            Self::Cancel { subscription } => (
+                subscription.clone(),
+                String::new(),
+                String::new(),
+                "cancel it".to_owned(),
+            ),
+            Self::Refund { sale } => {
+                let (subscription, cents, currency): (String, i64, String) = sqlx::query_as(
+                    "SELECT provider_subscription_id, amount_cents, currency FROM payments
+                     WHERE provider = 'paypal' AND provider_payment_id = $1",
+                )
+                .bind(sale)
+                .fetch_one(&mut *conn)
+                .await?;
+                (
+                    subscription,
+                    sale.clone(),
+                    money(cents, &currency),
+                    format!("refund sale {sale}"),
+                )
+            }
+        };
+        let (current, plan_code): (Option<String>, String) = sqlx::query_as(
+            "SELECT duplicate_of, plan_code FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
+        )
+        .bind(&subscription)
+        .fetch_one(&mut *conn)
+        .await?;
+        let (email, first_name) = accounts::contact(&mut *conn, user_id).await?;
+        outbox::enqueue(
+            conn,
+            OutgoingMail {
+                to: operator,
+                user_id: None,
+                template: "duplicate_subscription",
+                context: json!({
+                    "first_name": first_name,
+                    "email": email,
+                    "user_id": user_id,
+                    "subscription": subscription,
+                    "current": current.unwrap_or_default(),
+                    "plan": plan_code,
+                    "sale": sale,
+                    "amount": amount,
+                    "action": action,
+                    "attempts": gave_up.attempts,
+                    "error": gave_up.error,
+                }),
+                dedupe_key: Some(format!("duplicate_subscription:{subscription}:{sale}")),
+            },
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The name of the plan the duplicate checkout was for.
+async fn plan_name(conn: &mut AnyConnection, subscription: &str) -> Result<String> {
+    let (name,): (String,) = sqlx::query_as(
+        "SELECT p.name FROM checkouts c JOIN plans p ON p.code = c.plan_code
+         WHERE c.provider = 'paypal' AND c.provider_ref = $1",
     )
+    .bind(subscription)
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    Ok(name)
+}
+
+fn money(cents: i64, currency: &str) -> String {
+    format!("{}.{:02} {currency}", cents / 100, cents % 100)
 }

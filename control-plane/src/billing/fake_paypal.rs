@@ -1,7 +1,8 @@
 //! A stand-in for PayPal's REST API (feature `fake`), a real HTTP server on loopback for tests:
 //! OAuth2 client credentials with Basic auth, subscriptions and orders with `PayPal-Request-Id`
 //! idempotency and PayPal's error shapes, cancelling a subscription (only an active or
-//! suspended one, as PayPal allows), and `verify-webhook-signature`, which checks a
+//! suspended one, as PayPal allows), refunding a collected payment once, and
+//! `verify-webhook-signature`, which checks a
 //! signature over the event's exact text the way PayPal's does (here with a secret of the
 //! fake's, since PayPal's own key is not ours to hold). Tests sign deliveries with
 //! [`FakePayPal::sign`].
@@ -42,6 +43,18 @@ struct World {
     /// Cancellations PayPal accepted: subscription id and the reason given.
     cancellations: Vec<(String, String)>,
     fail_cancellations: u32,
+    /// Payments collected on subscriptions: sale id → the sale.
+    sales: BTreeMap<String, Sale>,
+    /// Refunds PayPal made, in order: sale id and refund id.
+    refunds: Vec<(String, String)>,
+    fail_refunds: u32,
+}
+
+#[derive(Debug)]
+struct Sale {
+    total: String,
+    currency: String,
+    refunded: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +78,7 @@ impl FakePayPal {
             .route("/v1/billing/subscriptions", post(subscription))
             .route("/v1/billing/subscriptions/{id}/cancel", post(cancel))
             .route("/v2/checkout/orders", post(order))
+            .route("/v2/payments/captures/{id}/refund", post(refund))
             .route("/v1/notifications/verify-webhook-signature", post(verify))
             .with_state(fake.clone());
         tokio::spawn(async move {
@@ -116,6 +130,40 @@ impl FakePayPal {
     /// The cancellations PayPal accepted, in order: subscription id and reason.
     pub fn cancellations(&self) -> Vec<(String, String)> {
         self.world().cancellations.clone()
+    }
+
+    /// PayPal collects a payment of `total` (`"9.99"`, USD) on the subscription; returns the
+    /// sale id its `PAYMENT.SALE.COMPLETED` event names (tests deliver that themselves).
+    pub fn collect(&self, subscription: &str, total: &str) -> String {
+        let mut world = self.world();
+        world.next += 1;
+        let id = format!("8SALE{:06}{}", world.next, subscription.len());
+        world.sales.insert(
+            id.clone(),
+            Sale {
+                total: total.to_owned(),
+                currency: "USD".to_owned(),
+                refunded: false,
+            },
+        );
+        id
+    }
+
+    /// An operator refunds the payment in PayPal's own dashboard.
+    pub fn refund_at_paypal(&self, sale: &str) {
+        if let Some(sale) = self.world().sales.get_mut(sale) {
+            sale.refunded = true;
+        }
+    }
+
+    /// The refunds PayPal made through the API, in order: sale id and refund id.
+    pub fn refunds(&self) -> Vec<(String, String)> {
+        self.world().refunds.clone()
+    }
+
+    /// The next `n` refund calls answer 503.
+    pub fn fail_refunds(&self, n: u32) {
+        self.world().fail_refunds = n;
     }
 
     /// Every issued token stops working (as after PayPal rotates them).
@@ -179,6 +227,43 @@ fn paypal_error(status: StatusCode, name: &str, message: &str, issue: Option<&st
         body["details"] = json!([{ "issue": issue, "description": message }]);
     }
     (status, Json(body)).into_response()
+}
+
+fn not_found() -> Response {
+    paypal_error(
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "The specified resource does not exist.",
+        Some("INVALID_RESOURCE_ID"),
+    )
+}
+
+fn invalid_request(issue: &str) -> Response {
+    paypal_error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST",
+        "Request is not well-formed, syntactically incorrect, or violates schema.",
+        Some(issue),
+    )
+}
+
+fn unprocessable(issue: &str) -> Response {
+    paypal_error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "UNPROCESSABLE_ENTITY",
+        "The requested action could not be performed, semantically incorrect, or failed business validation.",
+        Some(issue),
+    )
+}
+
+/// An injected outage.
+fn unavailable() -> Response {
+    paypal_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "SERVICE_UNAVAILABLE",
+        "Service Unavailable.",
+        None,
+    )
 }
 
 /// The bearer token of a request, if this fake issued it.
@@ -273,20 +358,10 @@ async fn subscription(
         .and_then(Value::as_str)
         .unwrap_or_default();
     if plan.is_empty() {
-        return paypal_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "Request is not well-formed, syntactically incorrect, or violates schema.",
-            Some("MISSING_REQUIRED_PARAMETER"),
-        );
+        return invalid_request("MISSING_REQUIRED_PARAMETER");
     }
     if !PLANS.contains(&plan) {
-        return paypal_error(
-            StatusCode::NOT_FOUND,
-            "RESOURCE_NOT_FOUND",
-            "The specified resource does not exist.",
-            Some("INVALID_RESOURCE_ID"),
-        );
+        return not_found();
     }
     // A plan override may only reprice existing cycles, with a decimal string.
     if let Some(cycles) = body.pointer("/plan/billing_cycles") {
@@ -300,12 +375,7 @@ async fn subscription(
             })
         });
         if !well_formed {
-            return paypal_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "UNPROCESSABLE_ENTITY",
-                "The requested action could not be performed, semantically incorrect, or failed business validation.",
-                Some("INVALID_PARAMETER_VALUE"),
-            );
+            return unprocessable("INVALID_PARAMETER_VALUE");
         }
     }
     let plan = plan.to_owned();
@@ -347,50 +417,77 @@ async fn cancel(
         .ok()
         .and_then(|b| b.get("reason").and_then(Value::as_str).map(str::to_owned));
     let Some(reason) = reason.filter(|r| !r.is_empty()) else {
-        return paypal_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "Request is not well-formed, syntactically incorrect, or violates schema.",
-            Some("MISSING_REQUIRED_PARAMETER"),
-        );
+        return invalid_request("MISSING_REQUIRED_PARAMETER");
     };
     if reason.chars().count() > 128 {
-        return paypal_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "Request is not well-formed, syntactically incorrect, or violates schema.",
-            Some("INVALID_STRING_MAX_LENGTH"),
-        );
+        return invalid_request("INVALID_STRING_MAX_LENGTH");
     }
     let mut world = fake.world();
     if world.fail_cancellations > 0 {
         world.fail_cancellations -= 1;
-        return paypal_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SERVICE_UNAVAILABLE",
-            "Service Unavailable.",
-            None,
-        );
+        return unavailable();
     }
     let Some(status) = world.subscriptions.get_mut(&id) else {
-        return paypal_error(
-            StatusCode::NOT_FOUND,
-            "RESOURCE_NOT_FOUND",
-            "The specified resource does not exist.",
-            Some("INVALID_RESOURCE_ID"),
-        );
+        return not_found();
     };
     if !matches!(*status, "ACTIVE" | "SUSPENDED") {
-        return paypal_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "UNPROCESSABLE_ENTITY",
-            "The requested action could not be performed, semantically incorrect, or failed business validation.",
-            Some("SUBSCRIPTION_STATUS_INVALID"),
-        );
+        return unprocessable("SUBSCRIPTION_STATUS_INVALID");
     }
     *status = "CANCELLED";
     world.cancellations.push((id, reason));
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /v2/payments/captures/{id}/refund`: an empty object refunds the payment in full
+/// (201 with the refund). The same `PayPal-Request-Id` again answers the first refund (200);
+/// an unknown payment is 404; one refunded in full before is 422 `CAPTURE_FULLY_REFUNDED`.
+async fn refund(
+    State(fake): State<FakePayPal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Err(refused) = authorized(&fake, &headers) {
+        return refused;
+    }
+    if !serde_json::from_str::<Value>(&body).is_ok_and(|b| b.is_object()) {
+        return invalid_request("MALFORMED_REQUEST_JSON");
+    }
+    let key = headers
+        .get("paypal-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| format!("refund:{k}"));
+    let mut world = fake.world();
+    if world.fail_refunds > 0 {
+        world.fail_refunds -= 1;
+        return unavailable();
+    }
+    if let Some(previous) = key.as_ref().and_then(|k| world.created.get(k)) {
+        return (StatusCode::OK, Json(previous.clone())).into_response();
+    }
+    world.next += 1;
+    let refund_id = format!("1REFUND{:08}", world.next);
+    let Some(sale) = world.sales.get_mut(&id) else {
+        return not_found();
+    };
+    if sale.refunded {
+        return unprocessable("CAPTURE_FULLY_REFUNDED");
+    }
+    sale.refunded = true;
+    let created = json!({
+        "id": refund_id,
+        "status": "COMPLETED",
+        "amount": { "value": sale.total, "currency_code": sale.currency },
+        "links": [
+            {"href": format!("https://api-m.sandbox.paypal.com/v2/payments/refunds/{refund_id}"), "rel": "self", "method": "GET"},
+            {"href": format!("https://api-m.sandbox.paypal.com/v2/payments/captures/{id}"), "rel": "up", "method": "GET"},
+        ],
+    });
+    world.refunds.push((id, refund_id));
+    if let Some(key) = key {
+        world.created.insert(key, created.clone());
+    }
+    (StatusCode::CREATED, Json(created)).into_response()
 }
 
 async fn order(
@@ -412,12 +509,7 @@ async fn order(
             && b.chars().all(|c| c.is_ascii_digit())
     });
     if body.get("intent").and_then(Value::as_str) != Some("CAPTURE") || !well_formed {
-        return paypal_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "UNPROCESSABLE_ENTITY",
-            "The requested action could not be performed, semantically incorrect, or failed business validation.",
-            Some("DECIMAL_PRECISION"),
-        );
+        return unprocessable("DECIMAL_PRECISION");
     }
     idempotent(&fake, &headers, |_, n| {
         let id = format!("5O19FAKE{n:08}");
@@ -461,12 +553,7 @@ async fn verify(State(fake): State<FakePayPal>, headers: HeaderMap, body: String
         webhook_event: &'a serde_json::value::RawValue,
     }
     let Ok(request) = serde_json::from_str::<Verify<'_>>(&body) else {
-        return paypal_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "Request is not well-formed, syntactically incorrect, or violates schema.",
-            Some("MISSING_REQUIRED_PARAMETER"),
-        );
+        return invalid_request("MISSING_REQUIRED_PARAMETER");
     };
     let expected = signature(
         &request.transmission_id,

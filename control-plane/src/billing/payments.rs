@@ -240,12 +240,7 @@ impl Payments {
 
 /// The `process_event` step: applies a stored event once (it is marked processed in the same
 /// transaction as its effects).
-pub async fn process_event(
-    conn: &mut AnyConnection,
-    row: i64,
-    operator: Option<&str>,
-    now: Millis,
-) -> Result<()> {
+pub async fn process_event(conn: &mut AnyConnection, row: i64, now: Millis) -> Result<()> {
     let event: Option<(String, String, Option<i64>)> = sqlx::query_as(
         "SELECT event_type, payload, processed_at FROM payment_events WHERE id = $1",
     )
@@ -262,9 +257,9 @@ pub async fn process_event(
     let resource = payload.get("resource").cloned().unwrap_or(Value::Null);
     match event_type.as_str() {
         "BILLING.SUBSCRIPTION.ACTIVATED" => {
-            subscription_activated(conn, &resource, operator, now).await?;
+            subscription_activated(conn, &resource, now).await?;
         }
-        "PAYMENT.SALE.COMPLETED" => sale_completed(conn, &resource, operator, now).await?,
+        "PAYMENT.SALE.COMPLETED" => sale_completed(conn, &resource, now).await?,
         "BILLING.SUBSCRIPTION.PAYMENT.FAILED" => payment_failed(conn, &resource, now).await?,
         "BILLING.SUBSCRIPTION.CANCELLED" => {
             let subscription = subscription_id(&resource)?;
@@ -290,7 +285,6 @@ pub async fn process_event(
 async fn subscription_activated(
     conn: &mut AnyConnection,
     resource: &Value,
-    operator: Option<&str>,
     now: Millis,
 ) -> Result<()> {
     let reference = resource
@@ -318,15 +312,7 @@ async fn subscription_activated(
     // writer).
     entitlement::lock_users(&mut *conn, &[user_id]).await?;
     if let Some(current) = duplicates::live_other(&mut *conn, user_id, reference).await? {
-        duplicates::mark(&mut *conn, checkout_id, &current, now).await?;
-        let alert = duplicates::Alert {
-            user_id,
-            subscription: reference,
-            current: &current,
-            plan: &plan,
-            sale: None,
-        };
-        return duplicates::alert(conn, operator, alert, now).await;
+        return duplicates::mark(conn, checkout_id, user_id, reference, &current, now).await;
     }
     plans::change_plan(&mut *conn, user_id, &plan, now).await?;
     // The row may carry an earlier subscription that was cancelled at its period's end: the
@@ -443,12 +429,7 @@ async fn sale_refunded(conn: &mut AnyConnection, resource: &Value, now: Millis) 
 /// provider_payment_id)`), invoiced with the next number, and the subscription is active for
 /// another period (a past-due or dunning-suspended one too: the payment ends its dunning and
 /// its devices come back).
-async fn sale_completed(
-    conn: &mut AnyConnection,
-    resource: &Value,
-    operator: Option<&str>,
-    now: Millis,
-) -> Result<()> {
+async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
     let text = |pointer: &str| resource.pointer(pointer).and_then(Value::as_str);
     let sale = text("/id").ok_or_else(|| Error::internal("sale event without a sale id"))?;
     let Some(subscription) = text("/billing_agreement_id") else {
@@ -479,16 +460,9 @@ async fn sale_completed(
     let Some((payment_id,)) = recorded else {
         return Ok(());
     };
-    if let Some(current) = duplicate_of {
-        // Money came in on a subscription that gives nothing: recorded, to be refunded.
-        let alert = duplicates::Alert {
-            user_id,
-            subscription,
-            current: &current,
-            plan: &plan,
-            sale: Some((sale, format!("{}.{:02} {currency}", paid / 100, paid % 100))),
-        };
-        return duplicates::alert(conn, operator, alert, now).await;
+    if duplicate_of.is_some() {
+        // Money came in on a subscription that gives nothing: recorded, and given back.
+        return duplicates::refund_later(conn, user_id, sale, now).await;
     }
     let (name, price, period): (String, i64, String) =
         sqlx::query_as("SELECT name, price_cents, billing_period FROM plans WHERE code = $1")

@@ -33,7 +33,7 @@ pub struct PayPalSettings {
 }
 
 pub use super::provider::Checkout;
-use super::provider::{BoxFuture, Cancellation, PaymentProvider, SubscriptionRequest};
+use super::provider::{BoxFuture, Cancellation, PaymentProvider, Refund, SubscriptionRequest};
 
 /// The headers PayPal signs a webhook delivery with.
 #[derive(Debug, Clone)]
@@ -217,6 +217,28 @@ impl PayPal {
         Ok(Cancellation::Cancelled)
     }
 
+    /// Refunds a subscription's payment (a sale) in full. PayPal's v2 payments API refunds it
+    /// by its transaction id, the sale id of `PAYMENT.SALE.COMPLETED` (the v1 sale endpoint is
+    /// deprecated). An empty body is a full refund; `PayPal-Request-Id` makes a retry the same
+    /// refund. A payment refunded in full before is 422 `CAPTURE_FULLY_REFUNDED`.
+    pub async fn refund_sale(&self, sale: &str, request_id: &str) -> Result<Refund> {
+        let path = format!("/v2/payments/captures/{sale}/refund");
+        let response = self.send(&path, &json!({}), Some(request_id)).await?;
+        if response.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+            let text = response.text().await.unwrap_or_default();
+            if text.contains("CAPTURE_FULLY_REFUNDED") {
+                return Ok(Refund::AlreadyRefunded);
+            }
+            return Err(error_of(reqwest::StatusCode::UNPROCESSABLE_ENTITY, &text));
+        }
+        let refund: Value = read(response).await?;
+        refund
+            .get("id")
+            .and_then(Value::as_str)
+            .map(|id| Refund::Refunded(id.to_owned()))
+            .ok_or_else(|| upstream("a refund without an id"))
+    }
+
     /// A subscription to PayPal's billing plan `plan_id`; `custom_id` comes back in every event
     /// about it (it names our user). `request_id` makes a retry return the same subscription.
     /// `first_cycle` overrides the price of the plan's first billing cycle (a promo code's first
@@ -341,6 +363,14 @@ impl PaymentProvider for PayPal {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<Cancellation>> {
         Box::pin(PayPal::cancel_subscription(self, subscription, reason))
+    }
+
+    fn refund_payment<'a>(
+        &'a self,
+        payment: &'a str,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<Refund>> {
+        Box::pin(PayPal::refund_sale(self, payment, request_id))
     }
 
     fn verify_webhook<'a>(

@@ -1,5 +1,5 @@
 //! What checkout and the webhook need from a payment provider: a subscription the customer
-//! approves, its cancellation, and a verdict on whether a webhook delivery really comes from
+//! approves, its cancellation, a payment's refund, and a verdict on whether a webhook delivery really comes from
 //! the provider.
 //! PayPal implements it (`paypal`); the events themselves are the provider's own and are read
 //! by `payments`.
@@ -42,6 +42,15 @@ pub enum Cancellation {
     AlreadyInactive,
 }
 
+/// How a full refund of a payment at the provider ended: either way, the money is back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refund {
+    /// The provider's id of the refund.
+    Refunded(String),
+    /// Refunded in full before (by an earlier call, or by an operator at the provider).
+    AlreadyRefunded,
+}
+
 pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
     /// As recorded in `checkouts`, `payments` and `payment_events` (`paypal`).
     fn name(&self) -> &'static str;
@@ -57,6 +66,14 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
         subscription: &'a str,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<Cancellation>>;
+
+    /// Refunds a completed payment in full. `request_id` is the provider's idempotency key: a
+    /// retry after an unsure answer is the same refund, never a second one.
+    fn refund_payment<'a>(
+        &'a self,
+        payment: &'a str,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<Refund>>;
 
     /// Whether the delivery (`body`, byte for byte, with its headers) is signed by the
     /// provider for this service. A delivery without signature headers is `false`, asked

@@ -70,6 +70,12 @@ pub fn sale_completed(event_id: &str, sale_id: &str, subscription_id: &str, tota
     )
 }
 
+pub fn refunded(event_id: &str, sale_id: &str, total: &str) -> String {
+    format!(
+        r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"refund","event_type":"PAYMENT.SALE.REFUNDED","resource":{{"id":"REFUND-{sale_id}","state":"completed","sale_id":"{sale_id}","amount":{{"total":"{total}","currency":"USD"}}}}}}"#
+    )
+}
+
 pub fn cancelled(event_id: &str, subscription_id: &str) -> String {
     format!(
         r#"{{"id":"{event_id}","event_version":"1.0","resource_type":"subscription","event_type":"BILLING.SUBSCRIPTION.CANCELLED","resource":{{"id":"{subscription_id}","status":"CANCELLED"}}}}"#
