@@ -6,6 +6,7 @@ mod admin_dedicated;
 mod admin_fleet;
 mod auth;
 mod billing;
+mod dedicated;
 mod devices;
 pub mod error;
 mod extract;
@@ -182,6 +183,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .merge(me::routes(state.clone()))
         .merge(devices::routes(state.clone()))
         .merge(billing::routes())
+        .merge(dedicated::routes())
         .nest(
             "/admin",
             admin::routes()

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, admin_dedicated, admin_fleet, auth, billing, devices, error, me};
+use super::{admin, admin_dedicated, admin_fleet, auth, billing, dedicated, devices, error, me};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -21,11 +21,12 @@ use super::{admin, admin_dedicated, admin_fleet, auth, billing, devices, error, 
         admin_fleet::update_plan, admin_fleet::change_plan, admin_fleet::suspend, admin_fleet::restore,
         admin_dedicated::list_pool, admin_dedicated::add_to_pool, admin_dedicated::set_pool_status,
         admin_dedicated::list_orders, admin_dedicated::place_manual_order, admin_dedicated::retry_order,
+        dedicated::list_purchases,
         billing::checkout, billing::get_subscription, billing::cancel_subscription, billing::paypal_webhook, billing::list_invoices, billing::invoice, billing::invoice_page,
     ),
     components(schemas(error::ErrorBody, error::ErrorObject)),
     modifiers(&BearerAuth),
-    tags((name = "auth"), (name = "account"), (name = "devices"), (name = "billing"), (name = "admin")),
+    tags((name = "auth"), (name = "account"), (name = "devices"), (name = "billing"), (name = "dedicated"), (name = "admin")),
 )]
 pub struct ApiDoc;
 

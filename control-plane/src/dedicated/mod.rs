@@ -6,5 +6,6 @@ mod instance;
 mod lifecycle;
 pub mod orders;
 pub mod pool;
+pub mod purchases;
 pub mod release;
 pub mod runner;
