@@ -24,6 +24,7 @@ engine_tests!(
     a_second_approved_subscription_is_cancelled_and_refunded_at_paypal,
     paypal_refusing_delays_the_settlement_and_then_hands_it_to_the_operator,
     two_activations_processed_at_once_apply_exactly_one,
+    closing_the_account_does_not_stop_the_settlement,
 );
 
 const OPERATOR: &str = "ops@truevault.example";
@@ -117,14 +118,21 @@ async fn a_second_approved_subscription_is_cancelled_and_refunded_at_paypal(engi
     assert_eq!(subscription(&app, user_id).await, linked);
     let paid_until = period_end(&app, user_id).await;
 
-    // The second approval and its first payment change nothing for the customer...
+    // The second approval and its first payment change nothing for the customer, even with
+    // PayPal delivering the payment first: it waits for the activation (its task retries).
     let sale = fake.collect(&second, "14.99");
     for raw in [
-        activation("WH-A2", &second),
         sale_completed("WH-S2", &sale, &second, "14.99"),
+        activation("WH-A2", &second),
     ] {
         deliver_signed(&app, &fake, &raw).await;
     }
+    app.run_tasks().await;
+    assert!(
+        fake.refunds().is_empty(),
+        "the payment waits for its activation"
+    );
+    app.advance(Duration::from_secs(60));
     app.run_tasks().await;
     assert_eq!(subscription(&app, user_id).await, linked);
     assert_eq!(
@@ -170,9 +178,10 @@ async fn a_second_approved_subscription_is_cancelled_and_refunded_at_paypal(engi
         app.last_mail(email, "duplicate_refunded").await["amount"],
         "14.99 USD"
     );
+    let told = app.last_mail(email, "duplicate_cancelled").await;
     assert_eq!(
-        app.last_mail(email, "duplicate_cancelled").await["plan"],
-        "Family"
+        (told["plan"].as_str(), told["kept_plan"].as_str()),
+        (Some("Family"), Some("Personal"))
     );
     assert!(app.mail_templates(OPERATOR).await.is_empty());
 
@@ -205,7 +214,8 @@ async fn a_second_approved_subscription_is_cancelled_and_refunded_at_paypal(engi
 }
 
 /// PayPal failing for a while delays the settlement; a payment an operator refunded at PayPal
-/// first counts as refunded; and when PayPal keeps refusing, the operator is told once.
+/// first counts as refunded; a pending refund waits for PayPal's word; and when PayPal keeps
+/// refusing, the task gives up and the operator is told once what to do.
 async fn paypal_refusing_delays_the_settlement_and_then_hands_it_to_the_operator(engine: Engine) {
     let fake = FakePayPal::start().await;
     let app = app_with_paypal(engine, &fake, |s| {
@@ -214,6 +224,10 @@ async fn paypal_refusing_delays_the_settlement_and_then_hands_it_to_the_operator
     .await;
     let email = "flaky@example.com";
     let (.., second) = approve_twice(&app, &fake, email).await;
+    // Payments PayPal collects on the duplicate before it is cancelled.
+    let by_hand = fake.collect(&second, "14.99");
+    let pending = fake.collect(&second, "14.99");
+    let stuck = fake.collect(&second, "14.99");
 
     // Two 503s on the cancel: it is retried after the tasks' backoff and made once.
     fake.fail_cancellations(2);
@@ -230,7 +244,6 @@ async fn paypal_refusing_delays_the_settlement_and_then_hands_it_to_the_operator
 
     // A payment the operator already refunded by hand at PayPal: 422 CAPTURE_FULLY_REFUNDED
     // is a refund done, not a failure (no second refund, no refund id of ours).
-    let by_hand = fake.collect(&second, "14.99");
     fake.refund_at_paypal(&by_hand);
     deliver_signed(
         &app,
@@ -242,13 +255,35 @@ async fn paypal_refusing_delays_the_settlement_and_then_hands_it_to_the_operator
     assert_eq!(payment(&app, &by_hand).await, ("refunded".to_owned(), None));
     assert!(fake.refunds().is_empty());
 
+    // A refund PayPal accepts as pending: the payment stays as it is until PayPal says the
+    // money went back.
+    fake.refunds_end_as("PENDING");
+    deliver_signed(
+        &app,
+        &fake,
+        &sale_completed("WH-S3", &pending, &second, "14.99"),
+    )
+    .await;
+    app.run_tasks().await;
+    let refund_id = fake.refunds()[0].1.clone();
+    assert_eq!(
+        payment(&app, &pending).await,
+        ("completed".to_owned(), Some(refund_id.clone()))
+    );
+    deliver_signed(&app, &fake, &refunded("WH-R3", &pending, "14.99")).await;
+    app.run_tasks().await;
+    assert_eq!(
+        payment(&app, &pending).await,
+        ("refunded".to_owned(), Some(refund_id))
+    );
+
     // A refund PayPal refuses on every attempt ends with the operator, told once what to do.
-    let stuck = fake.collect(&second, "14.99");
+    fake.refunds_end_as("COMPLETED");
     fake.fail_refunds(100);
     deliver_signed(
         &app,
         &fake,
-        &sale_completed("WH-S3", &stuck, &second, "14.99"),
+        &sale_completed("WH-S4", &stuck, &second, "14.99"),
     )
     .await;
     for _ in 0..10 {
@@ -256,20 +291,45 @@ async fn paypal_refusing_delays_the_settlement_and_then_hands_it_to_the_operator
         app.advance(Duration::from_secs(3600));
     }
     assert_eq!(payment(&app, &stuck).await, ("completed".to_owned(), None));
-    assert_eq!(
-        app.mail_templates(OPERATOR).await,
-        ["duplicate_subscription"]
-    );
-    let alert = app.last_mail(OPERATOR, "duplicate_subscription").await;
-    assert_eq!(alert["sale"], stuck.as_str());
-    assert_eq!(alert["amount"], "14.99 USD");
-    assert_eq!(alert["subscription"], second.as_str());
+    assert_eq!(app.mail_templates(OPERATOR).await, ["task_dead"]);
+    let alert = app.last_mail(OPERATOR, "task_dead").await;
+    assert_eq!(alert["step"], "refund_duplicate_payment");
+    assert_eq!(alert["customer"], email);
     assert_eq!(alert["attempts"], 8);
     assert!(alert["error"].as_str().unwrap().contains("503"), "{alert}");
-    let dead = app
-        .count("SELECT COUNT(*) FROM scheduled_tasks WHERE step = 'refund_duplicate_payment' AND status = 'dead'")
+    let remedy = alert["remedy"].as_str().unwrap();
+    assert!(
+        remedy.contains(&stuck) && remedy.contains("14.99 USD") && remedy.contains(&second),
+        "{remedy}"
+    );
+    let refund_mails = app
+        .mail_templates(email)
+        .await
+        .into_iter()
+        .filter(|t| t == "duplicate_refunded")
+        .count();
+    assert_eq!(
+        refund_mails, 2,
+        "the hand-made and the pending refund, not the stuck one"
+    );
+
+    // The operator refunds it by hand and retries the task: recorded, customer told.
+    fake.fail_refunds(0);
+    fake.refund_at_paypal(&stuck);
+    let (id,): (i64,) = sqlx::query_as(
+        "SELECT id FROM scheduled_tasks WHERE step = 'refund_duplicate_payment' AND status = 'dead'",
+    )
+    .fetch_one(app.db().pool())
+    .await
+    .unwrap();
+    let admin = app.admin_token().await;
+    let (status, body) = app
+        .post_auth(&format!("/api/v1/admin/tasks/{id}/retry"), &admin, None)
         .await;
-    assert_eq!(dead, 1);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.run_tasks().await;
+    assert_eq!(payment(&app, &stuck).await.0, "refunded");
+    assert_eq!(app.mail_templates(OPERATOR).await.len(), 1);
 }
 
 /// Both approvals' events processed at the same moment, each in its own transaction (two task
@@ -324,4 +384,45 @@ async fn two_activations_processed_at_once_apply_exactly_one(engine: Engine) {
     let cancelled: Vec<String> = fake.cancellations().into_iter().map(|(s, _)| s).collect();
     assert_eq!(cancelled, std::slice::from_ref(&duplicate.0));
     assert!(app.mail_templates(OPERATOR).await.is_empty());
+}
+
+/// A customer who closes their account while the duplicate's cancellation waits out a PayPal
+/// outage: the duplicate is still cancelled (it would bill them), and no mail goes to the
+/// closed account.
+async fn closing_the_account_does_not_stop_the_settlement(engine: Engine) {
+    let fake = FakePayPal::start().await;
+    let app = app_with_paypal(engine, &fake, |s| {
+        s.operator_email = Some(OPERATOR.into());
+    })
+    .await;
+    let (_, token, _, second) = approve_twice(&app, &fake, "leaving@example.com").await;
+    fake.fail_cancellations(1);
+    deliver_signed(&app, &fake, &activation("WH-A2", &second)).await;
+    app.run_tasks().await;
+    assert!(fake.cancellations().is_empty());
+
+    let (status, body) = app
+        .post_auth("/api/v1/billing/subscription/cancel", &token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = app
+        .http
+        .delete(app.url("/api/v1/me"))
+        .bearer_auth(&token)
+        .json(&json!({ "password": common::PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = common::split(response).await;
+    assert!(status.is_success(), "{status}: {body}");
+
+    app.advance(Duration::from_secs(3600));
+    app.run_tasks().await;
+    let cancelled: Vec<String> = fake.cancellations().into_iter().map(|(s, _)| s).collect();
+    assert!(cancelled.contains(&second), "{cancelled:?}");
+    assert!(cancelled_at(&app, &second).await.is_some());
+    let mailed = app
+        .count("SELECT COUNT(*) FROM mail_outbox WHERE template = 'duplicate_cancelled'")
+        .await;
+    assert_eq!(mailed, 0, "nobody to tell: the account is closed");
 }

@@ -182,7 +182,8 @@ async fn two_workers_never_run_one_task_twice(engine: Engine) {
 }
 
 async fn a_failing_step_is_retried_then_dead_lettered_and_can_be_retried(engine: Engine) {
-    let app = TestApp::start(engine).await;
+    const OPERATOR: &str = "ops@truevault.example";
+    let app = TestApp::start_with(engine, |s| s.operator_email = Some(OPERATOR.into())).await;
     let user = app.insert_trial_users(1, 0).await[0];
     let now = app.clock.now_ms();
     let mut tx = app.db().begin_write().await.unwrap();
@@ -241,6 +242,23 @@ async fn a_failing_step_is_retried_then_dead_lettered_and_can_be_retried(engine:
             .contains("step_from_the_future")
     );
     let id = dead[0]["id"].as_i64().unwrap();
+    // The operator hears of it once, with the error and what to do.
+    assert_eq!(app.mail_templates(OPERATOR).await, ["task_dead"]);
+    let told = app.last_mail(OPERATOR, "task_dead").await;
+    assert_eq!(
+        (told["id"].as_i64(), told["key"].as_str()),
+        (Some(id), Some("future:1"))
+    );
+    assert!(
+        told["error"]
+            .as_str()
+            .unwrap()
+            .contains("step_from_the_future")
+    );
+    assert!(
+        told["customer"].as_str().unwrap().ends_with("@example.com"),
+        "{told}"
+    );
 
     let (status, retried) = app
         .post_auth(&format!("/api/v1/admin/tasks/{id}/retry"), &admin, None)
@@ -284,6 +302,35 @@ async fn a_failing_step_is_retried_then_dead_lettered_and_can_be_retried(engine:
         .await,
         2
     );
+
+    // A worker that dies during a task's last attempt: the task is dead once its lease runs
+    // out, and the operator is told of that too.
+    let now = app.clock.now_ms();
+    let mut tx = app.db().begin_write().await.unwrap();
+    let last_chance = NewTask {
+        key: "crash:1".into(),
+        workflow: workflows::TRIAL_SIGNUP,
+        step: "generate_scanner_token",
+        payload: json!({}),
+        user_id: Some(user),
+        run_at: now,
+        max_attempts: 1,
+    };
+    tasks::schedule(tx.conn(), last_chance, now).await.unwrap();
+    tx.commit().await.unwrap();
+    let claimed = tasks::claim(app.db(), "crashed-worker", now, 5 * MINUTE, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    app.advance(Duration::from_secs(6 * 60));
+    assert_eq!(app.automation().recover_expired_leases().await.unwrap(), 1);
+    assert_eq!(
+        app.mail_templates(OPERATOR).await,
+        ["task_dead", "task_dead"]
+    );
+    let told = app.last_mail(OPERATOR, "task_dead").await;
+    assert_eq!(told["key"], "crash:1");
+    assert!(told["error"].as_str().unwrap().contains("lease expired"));
 }
 
 /// Kills a spawned control plane when the test ends, however it ends.

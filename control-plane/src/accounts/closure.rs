@@ -91,8 +91,10 @@ impl Accounts {
         for statement in [
             "UPDATE subscriptions SET status = 'cancelled', updated_at = $2
              WHERE user_id = $1 AND status IN ('trial', 'active', 'past_due', 'suspended')",
+            // Payment tasks carry on: a duplicate subscription must still be cancelled and
+            // its payments refunded after the account is gone.
             "UPDATE scheduled_tasks SET status = 'cancelled', updated_at = $2
-             WHERE user_id = $1 AND status = 'pending'",
+             WHERE user_id = $1 AND status = 'pending' AND workflow <> 'payments'",
             "UPDATE users SET email = 'closed-' || uuid || '@closed.invalid', password_hash = '!',
                               first_name = '', last_name = '', status = 'deleted', vip_tier = NULL,
                               email_verified_at = NULL, failed_logins = 0,

@@ -4,6 +4,7 @@
 //! workers with leases and retries (`tasks`, `steps`), and send mail through an outbox
 //! (`outbox`) rendered from templates (`render`) onto SMTP or files (`transport`).
 
+mod dead;
 pub mod outbox;
 pub mod render;
 pub mod steps;
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::audit::{self, Actor};
-use crate::billing::duplicates::{self, GaveUp, Settlement};
+use crate::billing::duplicates::{self, Settlement};
 use crate::billing::payments::PAYMENTS;
 use crate::billing::provider::PaymentProvider;
 use crate::billing::trials::{self, TrialExtension};
@@ -30,7 +31,7 @@ use crate::clock::{Millis, SECOND, SharedClock};
 use crate::config::Settings;
 use crate::devices::peers;
 use crate::error::{Error, Result};
-use crate::storage::Db;
+use crate::storage::{Db, WriteTx};
 
 use self::render::MailRenderer;
 use self::steps::StepContext;
@@ -62,7 +63,7 @@ pub struct Automation {
     transport: MailTransport,
     steps: StepContext,
     /// Settles duplicate subscriptions (`None`: payments are not configured).
-    payments: Option<Arc<dyn PaymentProvider>>,
+    provider: Option<Arc<dyn PaymentProvider>>,
     /// Identifies this worker's leases; unique per process start.
     worker_id: String,
     lease: Millis,
@@ -77,7 +78,7 @@ impl Automation {
         db: Db,
         clock: SharedClock,
         settings: &Settings,
-        payments: Option<Arc<dyn PaymentProvider>>,
+        provider: Option<Arc<dyn PaymentProvider>>,
     ) -> Result<Self> {
         let to_ms = |secs: u64| i64::try_from(secs).unwrap_or(i64::MAX / SECOND) * SECOND;
         Ok(Self {
@@ -89,7 +90,7 @@ impl Automation {
                 regions: settings.regions.clone(),
                 operator_email: settings.operator_email.clone(),
             },
-            payments,
+            provider,
             worker_id: format!(
                 "{}-{}",
                 std::process::id(),
@@ -163,6 +164,12 @@ impl Automation {
             tx.rollback().await?;
             return Err(e);
         }
+        self.complete(tx, task).await
+    }
+
+    /// Marks the task done in `tx`, its effects' transaction, and commits both; rolls back if
+    /// the lease was lost meanwhile (another worker runs it).
+    async fn complete(&self, mut tx: WriteTx, task: &ClaimedTask) -> Result<Outcome> {
         if tasks::complete(tx.conn(), task.id, &self.worker_id, self.clock.now_ms()).await? {
             tx.commit().await?;
             Ok(Outcome::Succeeded)
@@ -175,49 +182,21 @@ impl Automation {
 
     /// A duplicate subscription's cancellation or refund: the provider is asked first, outside
     /// the transaction (the call is idempotent, so a retry or a successor repeats it safely),
-    /// then its answer is recorded with the task's completion. The last failed attempt tells
-    /// the operator, who must finish it by hand.
+    /// then its answer is recorded with the task's completion.
     async fn run_settlement(&self, task: &ClaimedTask) -> Result<Outcome> {
         let settlement = Settlement::of_task(&task.step, &task.payload)?;
         let user_id = task
             .user_id
             .ok_or_else(|| Error::internal(format!("task {} has no user", task.key)))?;
-        let provider = self.payments.as_deref().ok_or(Error::Unavailable(
+        let provider = self.provider.as_deref().ok_or(Error::Unavailable(
             "payments are not configured on this server",
-        ));
-        let settled = match provider {
-            Ok(provider) => settlement.carry_out(provider).await,
-            Err(e) => Err(e),
-        };
-        let settled = match settled {
-            Ok(settled) => settled,
-            Err(error) => {
-                if task.attempt >= task.max_attempts {
-                    let message = error.to_string();
-                    let gave_up = GaveUp {
-                        attempts: task.attempt,
-                        error: &message,
-                    };
-                    let operator = self.steps.operator_email.as_deref();
-                    let mut tx = self.db.begin_write().await?;
-                    settlement
-                        .alert(tx.conn(), operator, user_id, gave_up, self.clock.now_ms())
-                        .await?;
-                    tx.commit().await?;
-                }
-                return Err(error);
-            }
-        };
+        ))?;
+        let settled = settlement.carry_out(provider).await?;
         let mut tx = self.db.begin_write().await?;
-        let now = self.clock.now_ms();
-        settlement.record(tx.conn(), user_id, &settled, now).await?;
-        if tasks::complete(tx.conn(), task.id, &self.worker_id, now).await? {
-            tx.commit().await?;
-            Ok(Outcome::Succeeded)
-        } else {
-            tx.rollback().await?;
-            Ok(Outcome::LeaseLost)
-        }
+        settlement
+            .record(tx.conn(), user_id, &settled, self.clock.now_ms())
+            .await?;
+        self.complete(tx, task).await
     }
 
     /// The sweep commits in batches of its own (it is idempotent), then completes its task.
@@ -248,6 +227,7 @@ impl Automation {
             task,
             &self.worker_id,
             message,
+            self.steps.operator_email.as_deref(),
             self.clock.now_ms(),
         )
         .await?
@@ -384,7 +364,9 @@ impl Automation {
 
     /// Makes tasks whose worker stopped mid-run due again; returns how many.
     pub async fn recover_expired_leases(&self) -> Result<u64> {
-        let recovered = tasks::recover_expired_leases(&self.db, self.clock.now_ms()).await?;
+        let operator = self.steps.operator_email.as_deref();
+        let recovered =
+            tasks::recover_expired_leases(&self.db, operator, self.clock.now_ms()).await?;
         if recovered > 0 {
             tracing::warn!(recovered, "took over tasks whose worker stopped");
         }

@@ -20,7 +20,7 @@ use super::workflows::{MAINTENANCE, NOOP, TRIAL_SIGNUP, VIP_SIGNUP};
 #[derive(Debug, Clone)]
 pub struct StepContext {
     pub regions: Vec<String>,
-    /// Where problems only a person can fix are mailed (a duplicate subscription's refund).
+    /// Where problems only a person can fix are mailed (tasks that gave up).
     pub operator_email: Option<String>,
 }
 

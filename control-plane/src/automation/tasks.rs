@@ -15,6 +15,8 @@ use crate::clock::{HOUR, Millis, SECOND, rfc3339};
 use crate::error::{Error, Result};
 use crate::storage::{Db, Engine};
 
+use super::dead;
+
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 8;
 const BACKOFF_BASE: Millis = 30 * SECOND;
 const BACKOFF_CAP: Millis = HOUR;
@@ -151,13 +153,15 @@ pub fn backoff(attempt: i64) -> Millis {
     BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_CAP)
 }
 
-/// Records a failed attempt: back to pending after the backoff, or dead after the last one.
-/// Returns the new status (None when the lease was lost meanwhile).
+/// Records a failed attempt: back to pending after the backoff, or dead after the last one
+/// (then the operator is told, in the same transaction). Returns the new status (None when
+/// the lease was lost meanwhile).
 pub async fn fail(
     db: &Db,
     task: &ClaimedTask,
     owner: &str,
     error: &str,
+    operator: Option<&str>,
     now: Millis,
 ) -> Result<Option<String>> {
     let error: String = error.chars().take(2000).collect();
@@ -177,27 +181,35 @@ pub async fn fail(
     .bind(owner)
     .fetch_optional(tx.conn())
     .await?;
+    if row.as_ref().is_some_and(|(status,)| status == "dead") {
+        dead::report(tx.conn(), operator, task.id, now).await?;
+    }
     tx.commit().await?;
     Ok(row.map(|(s,)| s))
 }
 
 /// Tasks whose worker stopped or crashed mid-run become due again (or dead, if that was their
-/// last attempt).
-pub async fn recover_expired_leases(db: &Db, now: Millis) -> Result<u64> {
+/// last attempt: then the operator is told).
+pub async fn recover_expired_leases(db: &Db, operator: Option<&str>, now: Millis) -> Result<u64> {
     let mut tx = db.begin_write().await?;
-    let n = sqlx::query(
+    let recovered: Vec<(i64, String)> = sqlx::query_as(
         "UPDATE scheduled_tasks
          SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
              last_error = 'the lease expired: the worker stopped or crashed during the run',
              lease_owner = NULL, lease_expires_at = NULL, updated_at = $1
-         WHERE status = 'running' AND lease_expires_at < $1",
+         WHERE status = 'running' AND lease_expires_at < $1
+         RETURNING id, status",
     )
     .bind(now)
-    .execute(tx.conn())
-    .await?
-    .rows_affected();
+    .fetch_all(tx.conn())
+    .await?;
+    for (id, status) in &recovered {
+        if status == "dead" {
+            dead::report(tx.conn(), operator, *id, now).await?;
+        }
+    }
     tx.commit().await?;
-    Ok(n)
+    Ok(u64::try_from(recovered.len()).unwrap_or(u64::MAX))
 }
 
 /// Moves every pending task of a user's workflow by `by` milliseconds.

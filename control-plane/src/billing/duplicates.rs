@@ -9,10 +9,10 @@
 //!
 //! The service then settles it itself, each as a task of its own: the duplicate is cancelled
 //! at PayPal, and every payment PayPal collects on it is recorded, gives no service, and is
-//! refunded in full. The customer is told of each; the operator only when PayPal keeps
-//! refusing and a person must finish the job. The provider is called before the task's
-//! transaction and is idempotent (a cancelled subscription, a refund's request id), so a
-//! retried or taken-over task repeats the call harmlessly.
+//! refunded in full. The customer is told of each; the operator only when a task gives up
+//! (`automation::dead`, with [`Settlement::remedy`]). The provider is called before the
+//! task's transaction and is idempotent (a cancelled subscription, a refund's request id), so
+//! a retried or taken-over task repeats the call harmlessly.
 
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
@@ -92,7 +92,7 @@ pub async fn refund_later(
     tracing::warn!(
         user_id,
         sale,
-        "a payment on a duplicate subscription; it is refunded"
+        "a payment on a duplicate subscription; its refund is scheduled"
     );
     let settlement = Settlement::Refund {
         sale: sale.to_owned(),
@@ -112,13 +112,6 @@ pub enum Settlement {
 pub enum Settled {
     Cancelled(Cancellation),
     Refunded(Refund),
-}
-
-/// The operator's duplicate mail, when a settlement gave up: what failed and how often.
-#[derive(Debug, Clone, Copy)]
-pub struct GaveUp<'a> {
-    pub attempts: i64,
-    pub error: &'a str,
 }
 
 impl Settlement {
@@ -185,7 +178,8 @@ impl Settlement {
         }
     }
 
-    /// Records what the provider did and tells the customer (once, whoever records it).
+    /// Records what the provider did and tells the customer (once, whoever records it; not
+    /// at all once the account is closed).
     pub async fn record(
         &self,
         conn: &mut AnyConnection,
@@ -193,8 +187,7 @@ impl Settlement {
         settled: &Settled,
         now: Millis,
     ) -> Result<()> {
-        let (email, first_name) = accounts::contact(&mut *conn, user_id).await?;
-        let (template, dedupe, context, details) = match (self, settled) {
+        let (action, template, dedupe, context, details) = match (self, settled) {
             (Self::Cancel { subscription }, Settled::Cancelled(how)) => {
                 sqlx::query(
                     "UPDATE checkouts SET duplicate_cancelled_at = COALESCE(duplicate_cancelled_at, $1)
@@ -204,35 +197,42 @@ impl Settlement {
                 .bind(subscription)
                 .execute(&mut *conn)
                 .await?;
-                let plan = plan_name(conn, subscription).await?;
+                let (cancelled, kept) = plans_of(conn, user_id, subscription).await?;
                 (
+                    "subscription.duplicate_cancelled",
                     "duplicate_cancelled",
                     format!("duplicate_cancelled:{subscription}"),
-                    json!({ "first_name": first_name, "plan": plan }),
+                    json!({ "plan": cancelled, "kept_plan": kept }),
                     json!({ "subscription": subscription, "already_inactive": *how == Cancellation::AlreadyInactive }),
                 )
             }
             (Self::Refund { sale }, Settled::Refunded(how)) => {
-                let refund_id = match how {
-                    Refund::Refunded(id) => Some(id.as_str()),
-                    Refund::AlreadyRefunded => None,
+                // A pending refund keeps the payment as it is until PayPal's
+                // `PAYMENT.SALE.REFUNDED` says the money went back.
+                let (refund_id, done) = match how {
+                    Refund::Refunded(id) => (Some(id.as_str()), true),
+                    Refund::Pending(id) => (Some(id.as_str()), false),
+                    Refund::AlreadyRefunded => (None, true),
                 };
                 let (cents, currency): (i64, String) = sqlx::query_as(
-                    "UPDATE payments SET status = 'refunded', updated_at = $1,
-                            provider_refund_id = COALESCE(provider_refund_id, $2)
-                     WHERE provider = 'paypal' AND provider_payment_id = $3
+                    "UPDATE payments SET updated_at = $1,
+                            status = CASE WHEN $2 = 1 THEN 'refunded' ELSE status END,
+                            provider_refund_id = COALESCE(provider_refund_id, $3)
+                     WHERE provider = 'paypal' AND provider_payment_id = $4
                      RETURNING amount_cents, currency",
                 )
                 .bind(now)
+                .bind(i64::from(done))
                 .bind(refund_id)
                 .bind(sale)
                 .fetch_one(&mut *conn)
                 .await?;
                 (
+                    "payment.refunded",
                     "duplicate_refunded",
                     format!("duplicate_refunded:{sale}"),
-                    json!({ "first_name": first_name, "sale": sale, "amount": money(cents, &currency) }),
-                    json!({ "sale": sale, "refund": refund_id }),
+                    json!({ "sale": sale, "amount": money(cents, &currency) }),
+                    json!({ "sale": sale, "refund": refund_id, "pending": !done }),
                 )
             }
             _ => {
@@ -245,7 +245,7 @@ impl Settlement {
             &mut *conn,
             Entry {
                 actor: Actor::System,
-                action: template,
+                action,
                 target_type: Some("user"),
                 target_id: Some(user_id.to_string()),
                 details,
@@ -254,6 +254,16 @@ impl Settlement {
             now,
         )
         .await?;
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if status == "deleted" {
+            return Ok(());
+        }
+        let (email, first_name) = accounts::contact(&mut *conn, user_id).await?;
+        let mut context = context;
+        context["first_name"] = json!(first_name);
         outbox::enqueue(
             conn,
             OutgoingMail {
@@ -269,76 +279,50 @@ impl Settlement {
         Ok(())
     }
 
-    /// Tells the operator that this settlement gave up: a person must finish it at PayPal.
-    pub async fn alert(
-        &self,
-        conn: &mut AnyConnection,
-        operator: Option<&str>,
-        user_id: i64,
-        gave_up: GaveUp<'_>,
-        now: Millis,
-    ) -> Result<()> {
-        tracing::error!(user_id, settlement = ?self, error = gave_up.error, "a duplicate subscription could not be settled at PayPal; it needs a person");
-        let Some(operator) = operator else {
-            tracing::warn!("no operator_email is set: nobody is mailed about the duplicate");
-            return Ok(());
-        };
-        let (subscription, sale, amount, action) = match self {
-            Self::Cancel { subscription } => (
-                subscription.clone(),
-                String::new(),
-                String::new(),
-                "cancel it".to_owned(),
+    /// What a person does when this settlement gave up (for the operator's dead-task mail).
+    pub async fn remedy(&self, conn: &mut AnyConnection) -> Result<String> {
+        Ok(match self {
+            Self::Cancel { subscription } => format!(
+                "Cancel PayPal subscription {subscription} at PayPal: it duplicates one the \
+                 customer already pays for, and bills them twice. Then retry the task: it records \
+                 the cancellation and tells the customer."
             ),
             Self::Refund { sale } => {
-                let (subscription, cents, currency): (String, i64, String) = sqlx::query_as(
+                let row: Option<(Option<String>, i64, String)> = sqlx::query_as(
                     "SELECT provider_subscription_id, amount_cents, currency FROM payments
                      WHERE provider = 'paypal' AND provider_payment_id = $1",
                 )
                 .bind(sale)
-                .fetch_one(&mut *conn)
+                .fetch_optional(conn)
                 .await?;
-                (
-                    subscription,
-                    sale.clone(),
-                    money(cents, &currency),
-                    format!("refund sale {sale}"),
+                let (subscription, amount) = row.map_or_else(Default::default, |(s, c, cur)| {
+                    (s.unwrap_or_default(), money(c, &cur))
+                });
+                format!(
+                    "Refund sale {sale} ({amount}) in full at PayPal: it was collected on \
+                     duplicate subscription {subscription} and gives no service. Then retry the \
+                     task: it records the refund and tells the customer."
                 )
             }
-        };
-        let (current, plan_code): (Option<String>, String) = sqlx::query_as(
-            "SELECT duplicate_of, plan_code FROM checkouts WHERE provider = 'paypal' AND provider_ref = $1",
-        )
-        .bind(&subscription)
-        .fetch_one(&mut *conn)
-        .await?;
-        let (email, first_name) = accounts::contact(&mut *conn, user_id).await?;
-        outbox::enqueue(
-            conn,
-            OutgoingMail {
-                to: operator,
-                user_id: None,
-                template: "duplicate_subscription",
-                context: json!({
-                    "first_name": first_name,
-                    "email": email,
-                    "user_id": user_id,
-                    "subscription": subscription,
-                    "current": current.unwrap_or_default(),
-                    "plan": plan_code,
-                    "sale": sale,
-                    "amount": amount,
-                    "action": action,
-                    "attempts": gave_up.attempts,
-                    "error": gave_up.error,
-                }),
-                dedupe_key: Some(format!("duplicate_subscription:{subscription}:{sale}")),
-            },
-            now,
-        )
-        .await?;
-        Ok(())
+        })
     }
+}
+
+/// The names of the duplicate's plan and of the plan the customer keeps.
+async fn plans_of(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    subscription: &str,
+) -> Result<(String, String)> {
+    let cancelled = plan_name(&mut *conn, subscription).await?;
+    let kept: Option<(String,)> = sqlx::query_as(
+        "SELECT p.name FROM subscriptions s JOIN plans p ON p.code = s.plan_type
+         WHERE s.user_id = $1 ORDER BY s.id DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok((cancelled, kept.map(|(k,)| k).unwrap_or_default()))
 }
 
 /// The name of the plan the duplicate checkout was for.

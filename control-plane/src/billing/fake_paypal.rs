@@ -48,6 +48,8 @@ struct World {
     /// Refunds PayPal made, in order: sale id and refund id.
     refunds: Vec<(String, String)>,
     fail_refunds: u32,
+    /// The status new refunds get (`COMPLETED` unless a test says otherwise).
+    refund_status: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -136,6 +138,11 @@ impl FakePayPal {
     /// sale id its `PAYMENT.SALE.COMPLETED` event names (tests deliver that themselves).
     pub fn collect(&self, subscription: &str, total: &str) -> String {
         let mut world = self.world();
+        assert_eq!(
+            world.subscriptions.get(subscription).copied(),
+            Some("ACTIVE"),
+            "PayPal collects only on an active subscription"
+        );
         world.next += 1;
         let id = format!("8SALE{:06}{}", world.next, subscription.len());
         world.sales.insert(
@@ -159,6 +166,11 @@ impl FakePayPal {
     /// The refunds PayPal made through the API, in order: sale id and refund id.
     pub fn refunds(&self) -> Vec<(String, String)> {
         self.world().refunds.clone()
+    }
+
+    /// From now on refunds are accepted as `status` (`PENDING`, `FAILED`) instead of done.
+    pub fn refunds_end_as(&self, status: &'static str) {
+        self.world().refund_status = Some(status);
     }
 
     /// The next `n` refund calls answer 503.
@@ -439,7 +451,8 @@ async fn cancel(
 }
 
 /// `POST /v2/payments/captures/{id}/refund`: an empty object refunds the payment in full
-/// (201 with the refund). The same `PayPal-Request-Id` again answers the first refund (200);
+/// (201 with the refund, `COMPLETED` or as set by [`FakePayPal::refunds_end_as`]). The same
+/// `PayPal-Request-Id` again answers the first refund (200);
 /// an unknown payment is 404; one refunded in full before is 422 `CAPTURE_FULLY_REFUNDED`.
 async fn refund(
     State(fake): State<FakePayPal>,
@@ -467,16 +480,18 @@ async fn refund(
     }
     world.next += 1;
     let refund_id = format!("1REFUND{:08}", world.next);
+    let status = world.refund_status.unwrap_or("COMPLETED");
     let Some(sale) = world.sales.get_mut(&id) else {
         return not_found();
     };
     if sale.refunded {
         return unprocessable("CAPTURE_FULLY_REFUNDED");
     }
-    sale.refunded = true;
+    // A pending refund is on its way: PayPal refuses a second full refund already.
+    sale.refunded = !matches!(status, "FAILED" | "CANCELLED");
     let created = json!({
         "id": refund_id,
-        "status": "COMPLETED",
+        "status": status,
         "amount": { "value": sale.total, "currency_code": sale.currency },
         "links": [
             {"href": format!("https://api-m.sandbox.paypal.com/v2/payments/refunds/{refund_id}"), "rel": "self", "method": "GET"},

@@ -354,7 +354,7 @@ async fn subscription_activated(
 /// PayPal could not collect a subscription payment: dunning starts (once per cycle).
 async fn payment_failed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
     let subscription = subscription_id(resource)?;
-    let (user_id, ..) = checkout_for(conn, subscription).await?;
+    let (user_id, ..) = activated_checkout_for(conn, subscription).await?;
     dunning::start(conn, user_id, subscription, now).await?;
     Ok(())
 }
@@ -373,8 +373,34 @@ async fn checkout_for(
     conn: &mut AnyConnection,
     subscription: &str,
 ) -> Result<(i64, String, Option<String>, Option<String>)> {
+    checkout_row(conn, subscription)
+        .await
+        .map(|(user, plan, region, duplicate_of, _)| (user, plan, region, duplicate_of))
+}
+
+/// As [`checkout_for`], for an event that needs the activation applied first (a payment, a
+/// failed payment). PayPal does not promise to deliver events in order: a sale processed before
+/// its activation would find no linked subscription to extend, and one on a duplicate would
+/// not be known as one (so not refunded). Until the activation is applied this is an error, so
+/// the task retries after its backoff, by which time the activation has normally arrived.
+async fn activated_checkout_for(
+    conn: &mut AnyConnection,
+    subscription: &str,
+) -> Result<(i64, String, Option<String>, Option<String>)> {
+    let (user, plan, region, duplicate_of, status) = checkout_row(conn, subscription).await?;
+    if status != "completed" {
+        return Err(Error::internal(format!(
+            "PayPal subscription {subscription} is not activated here yet; waiting for its activation event"
+        )));
+    }
+    Ok((user, plan, region, duplicate_of))
+}
+
+type CheckoutRow = (i64, String, Option<String>, Option<String>, String);
+
+async fn checkout_row(conn: &mut AnyConnection, subscription: &str) -> Result<CheckoutRow> {
     sqlx::query_as(
-        "SELECT user_id, plan_code, region, duplicate_of FROM checkouts
+        "SELECT user_id, plan_code, region, duplicate_of, status FROM checkouts
          WHERE provider = 'paypal' AND provider_ref = $1",
     )
     .bind(subscription)
@@ -440,7 +466,7 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
         .and_then(cents)
         .ok_or_else(|| Error::internal(format!("sale {sale} has no readable amount")))?;
     let currency = text("/amount/currency").unwrap_or("USD").to_owned();
-    let (user_id, plan, region, duplicate_of) = checkout_for(conn, subscription).await?;
+    let (user_id, plan, region, duplicate_of) = activated_checkout_for(conn, subscription).await?;
     let recorded: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO payments (uuid, user_id, provider, provider_payment_id, provider_subscription_id,
                                plan_type, amount_cents, currency, status, created_at, updated_at)

@@ -220,7 +220,8 @@ impl PayPal {
     /// Refunds a subscription's payment (a sale) in full. PayPal's v2 payments API refunds it
     /// by its transaction id, the sale id of `PAYMENT.SALE.COMPLETED` (the v1 sale endpoint is
     /// deprecated). An empty body is a full refund; `PayPal-Request-Id` makes a retry the same
-    /// refund. A payment refunded in full before is 422 `CAPTURE_FULLY_REFUNDED`.
+    /// refund. A payment refunded in full before is 422 `CAPTURE_FULLY_REFUNDED`; a refund that
+    /// `FAILED` or was `CANCELLED` is an error (retried, then handed to the operator).
     pub async fn refund_sale(&self, sale: &str, request_id: &str) -> Result<Refund> {
         let path = format!("/v2/payments/captures/{sale}/refund");
         let response = self.send(&path, &json!({}), Some(request_id)).await?;
@@ -232,11 +233,16 @@ impl PayPal {
             return Err(error_of(reqwest::StatusCode::UNPROCESSABLE_ENTITY, &text));
         }
         let refund: Value = read(response).await?;
-        refund
-            .get("id")
-            .and_then(Value::as_str)
-            .map(|id| Refund::Refunded(id.to_owned()))
-            .ok_or_else(|| upstream("a refund without an id"))
+        let field = |name: &str| refund.get(name).and_then(Value::as_str);
+        let id = field("id").ok_or_else(|| upstream("a refund without an id"))?;
+        match field("status") {
+            Some("COMPLETED") => Ok(Refund::Refunded(id.to_owned())),
+            Some("PENDING") => Ok(Refund::Pending(id.to_owned())),
+            other => Err(upstream(format!(
+                "refund {id} of {sale} is {}",
+                other.unwrap_or("without a status")
+            ))),
+        }
     }
 
     /// A subscription to PayPal's billing plan `plan_id`; `custom_id` comes back in every event

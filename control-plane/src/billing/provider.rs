@@ -45,8 +45,11 @@ pub enum Cancellation {
 /// How a full refund of a payment at the provider ended: either way, the money is back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refund {
-    /// The provider's id of the refund.
+    /// Done; the provider's id of the refund.
     Refunded(String),
+    /// Accepted, not done yet (PayPal: `PENDING`, e.g. while the merchant balance is short);
+    /// the provider tells when it completes.
+    Pending(String),
     /// Refunded in full before (by an earlier call, or by an operator at the provider).
     AlreadyRefunded,
 }

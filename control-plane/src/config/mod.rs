@@ -129,8 +129,8 @@ pub struct Settings {
     pub provisioning_settle_secs: u64,
     /// The first pause between create attempts (it doubles up to a minute).
     pub provisioning_retry_pause_ms: u64,
-    /// Who is mailed about what only a person can fix: a failed order, a duplicate PayPal
-    /// subscription to refund (unset: it is only logged).
+    /// Who is mailed about what only a person can fix: a failed order, a task that gave up
+    /// (unset: it is only logged).
     pub operator_email: Option<String>,
     /// Contabo's API (`provisioning_provider = "contabo"`): the password grant's client and
     /// API user, the product, contract period and image (looked up by name unless an id is
