@@ -81,6 +81,10 @@ pub enum Error {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A background step's input has not arrived yet (a PayPal event delivered ahead of the
+    /// one it depends on): its task waits, without counting that as a failed attempt.
+    #[error("not yet: {0}")]
+    NotYet(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -126,7 +130,9 @@ impl Error {
             Self::Unavailable(_) | Self::Database(sqlx::Error::PoolTimedOut) => "unavailable",
             Self::Config(_) => "config_error",
             Self::Upstream { .. } => "upstream_error",
-            Self::Database(_) | Self::Migration(_) | Self::Internal(_) => "internal_error",
+            Self::Database(_) | Self::Migration(_) | Self::Internal(_) | Self::NotYet(_) => {
+                "internal_error"
+            }
         }
     }
 
@@ -138,6 +144,7 @@ impl Error {
                 | Self::Database(_)
                 | Self::Migration(_)
                 | Self::Internal(_)
+                | Self::NotYet(_)
                 | Self::Upstream { .. }
         )
     }

@@ -6,13 +6,18 @@
 
 mod common;
 
+use common::paypal::{activation, app_with_paypal, deliver_signed, sale_completed};
 use common::{Engine, TestApp, base64_key};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use truevault_control_plane::billing::fake_paypal::FakePayPal;
 use truevault_control_plane::clock::Clock as _;
 use truevault_control_plane::dedicated::release;
 
-engine_tests!(a_buyer_follows_their_dedicated_server_from_payment_to_release);
+engine_tests!(
+    a_buyer_follows_their_dedicated_server_from_payment_to_release,
+    a_cancelled_buyer_moving_to_another_plan_gives_the_server_back,
+);
 
 async fn purchases(app: &TestApp, token: &str) -> Vec<Value> {
     let (status, body) = app.get_auth("/api/v1/dedicated", token).await;
@@ -92,7 +97,7 @@ async fn a_buyer_follows_their_dedicated_server_from_payment_to_release(engine: 
     assert_eq!(
         ready["server"],
         json!({
-            "name": "pool-de-1", "location": "eu-de (Germany)",
+            "id": server["uuid"], "location": "eu-de (Germany)",
             "address": "pool-de-1.example.com", "port": 51820, "online": true, "devices": 1,
         })
     );
@@ -139,4 +144,68 @@ async fn a_buyer_follows_their_dedicated_server_from_payment_to_release(engine: 
         assert!(released["ends_at"].is_null());
         assert!(released["released_at"].is_string());
     }
+}
+
+/// Subscribes `token`'s account to `plan` through checkout and PayPal's events (processed).
+async fn subscribe(app: &TestApp, fake: &FakePayPal, token: &str, body: Value, n: u32) -> String {
+    let (status, checkout) = app
+        .post_auth("/api/v1/billing/checkout", token, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{checkout}");
+    let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
+    fake.approve(&subscription);
+    deliver_signed(app, fake, &activation(&format!("WH-A{n}"), &subscription)).await;
+    let sale = fake.collect(&subscription, "9.99");
+    deliver_signed(
+        app,
+        fake,
+        &sale_completed(&format!("WH-S{n}"), &sale, &subscription, "9.99"),
+    )
+    .await;
+    app.run_tasks().await;
+    subscription
+}
+
+/// A dedicated buyer cancels, then starts another plan before the paid period ends: the plan
+/// changes at once, and so the server goes back at once (nothing would release it later).
+async fn a_cancelled_buyer_moving_to_another_plan_gives_the_server_back(engine: Engine) {
+    let fake = FakePayPal::start().await;
+    let app = app_with_paypal(engine, &fake, |_| {}).await;
+    let admin = app.admin_token().await;
+    let server = app.add_server("pool-de-2", "eu-de", 96).await;
+    let (status, pooled) = app
+        .post_auth(
+            "/api/v1/admin/pool",
+            &admin,
+            Some(json!({ "server_id": server["id"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{pooled}");
+    let (_, token) = app.customer("mover@example.com").await;
+    subscribe(
+        &app,
+        &fake,
+        &token,
+        json!({ "plan": "dedicated", "region": "eu-de" }),
+        1,
+    )
+    .await;
+    assert_eq!(purchases(&app, &token).await[0]["status"], "ready");
+
+    let (status, body) = app
+        .post_auth("/api/v1/billing/subscription/cancel", &token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cancelled = &purchases(&app, &token).await[0];
+    assert_eq!(cancelled["status"], "ready");
+    assert!(cancelled["ends_at"].is_string(), "{cancelled}");
+
+    subscribe(&app, &fake, &token, json!({ "plan": "personal" }), 2).await;
+    let (_, me) = app.get_auth("/api/v1/me", &token).await;
+    assert_eq!(me["plan_type"], "personal", "{me}");
+    let moved = &purchases(&app, &token).await[0];
+    assert_eq!(moved["status"], "released", "{moved}");
+    assert!(moved["server"].is_null());
+    let (_, pool) = app.get_auth("/api/v1/admin/pool", &admin).await;
+    assert_eq!(pool[0]["status"], "maintenance", "{pool}");
 }

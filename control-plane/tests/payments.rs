@@ -13,6 +13,7 @@ use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
 use serde_json::json;
 use truevault_control_plane::billing::fake_paypal::{FakePayPal, WEBHOOK_ID};
+use truevault_control_plane::clock::Clock as _;
 
 engine_tests!(
     an_activation_converts_the_trial_once_however_often_it_is_delivered,
@@ -22,6 +23,7 @@ engine_tests!(
     reminders_precede_renewal_and_a_cancellation_keeps_access_to_the_period_end,
     a_paid_dedicated_plan_gets_a_pool_server_and_the_ready_mail,
     forged_deliveries_cost_paypal_calls_only_until_their_sender_is_cut_off,
+    events_ahead_of_their_activation_wait_for_it_however_late_it_comes,
 );
 
 async fn an_activation_converts_the_trial_once_however_often_it_is_delivered(engine: Engine) {
@@ -576,4 +578,70 @@ async fn forged_deliveries_cost_paypal_calls_only_until_their_sender_is_cut_off(
         "PayPal is not asked again"
     );
     assert_eq!(app.count("SELECT COUNT(*) FROM payment_events").await, 1);
+}
+
+/// PayPal delivers a subscription's payment and cancellation hours before its activation (its
+/// delivery of the activation kept failing): they wait for it, without using up their task's
+/// attempts, and then apply in order: paid, and cancelled at the period's end.
+async fn events_ahead_of_their_activation_wait_for_it_however_late_it_comes(engine: Engine) {
+    let fake = FakePayPal::start().await;
+    let app = app_with_paypal(engine, &fake, |_| {}).await;
+    let (user_id, token) = app.customer("late.activation@example.com").await;
+    let (status, checkout) = app
+        .post_auth(
+            "/api/v1/billing/checkout",
+            &token,
+            Some(json!({ "plan": "personal" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{checkout}");
+    let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
+    for raw in [
+        sale_completed("WH-EARLY-S", "SALE-EARLY", &subscription, "9.99"),
+        cancelled("WH-EARLY-C", &subscription),
+    ] {
+        let (status, body) = deliver(&app, &raw, &fake.sign(&raw, WEBHOOK_ID)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Six hours of waiting: far more than a failing task's attempts would last.
+    for _ in 0..12 {
+        app.run_tasks().await;
+        app.advance(std::time::Duration::from_secs(30 * 60));
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM payments").await, 0);
+    let waiting: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, attempts FROM scheduled_tasks WHERE step = 'process_event' ORDER BY id",
+    )
+    .fetch_all(app.db().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        waiting,
+        [("pending".to_owned(), 0), ("pending".to_owned(), 0)]
+    );
+
+    let raw = activation("WH-LATE-A", &subscription);
+    let (status, body) = deliver(&app, &raw, &fake.sign(&raw, WEBHOOK_ID)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.run_tasks().await;
+    app.advance(std::time::Duration::from_secs(3600));
+    app.run_tasks().await;
+    let (plan, status, cancelling, end): (String, String, i64, Option<i64>) = sqlx::query_as(
+        "SELECT plan_type, status, cancel_at_period_end, current_period_end FROM subscriptions
+         WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .fetch_one(app.db().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (plan.as_str(), status.as_str(), cancelling),
+        ("personal", "active", 1)
+    );
+    let paid_until = end.unwrap() - app.clock.now_ms();
+    assert!(
+        paid_until > 28 * 24 * 3600 * 1000,
+        "the payment extended the period"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM invoices").await, 1);
 }

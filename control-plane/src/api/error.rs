@@ -52,9 +52,11 @@ fn status_of(err: &Error) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
-        Error::Config(_) | Error::Database(_) | Error::Migration(_) | Error::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        Error::Config(_)
+        | Error::Database(_)
+        | Error::Migration(_)
+        | Error::Internal(_)
+        | Error::NotYet(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

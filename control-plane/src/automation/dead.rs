@@ -1,7 +1,11 @@
 //! What the operator is told when a task gives up: each task that goes `dead` (its last
-//! attempt failed, or its worker stopped during it) mails `operator_email` in the transaction
-//! that records it, with the error and what to do about it. Without this a dead task is only
-//! a log line, and a dead payment task is a customer who paid for nothing.
+//! attempt failed, or its worker stopped during it) mails `operator_email` with the error and
+//! what to do about it. Without this a dead task is only a log line, and a dead payment task
+//! is a customer who paid for nothing.
+//!
+//! Reporting is best effort, in its own transaction after the task is recorded dead: a report
+//! that cannot be made (a broken payload, the database failing) is logged and never keeps the
+//! task from being dead, nor the recovery of other tasks from going on.
 
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
@@ -11,12 +15,24 @@ use crate::billing::duplicates::{self, Settlement};
 use crate::billing::payments::{PAYMENTS, PROCESS_EVENT};
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::storage::Db;
 
 use super::outbox::{self, OutgoingMail};
 
 /// Mails the operator about dead task `task_id` (nothing without an operator address). Once
 /// per death: a task retried by hand that dies again is reported again.
-pub async fn report(
+pub async fn report(db: &Db, operator: Option<&str>, task_id: i64, now: Millis) {
+    let reported = async {
+        let mut tx = db.begin_write().await?;
+        report_in(tx.conn(), operator, task_id, now).await?;
+        tx.commit().await
+    };
+    if let Err(e) = reported.await {
+        tracing::error!(task = task_id, error = %e, "cannot tell the operator about a dead task");
+    }
+}
+
+async fn report_in(
     conn: &mut AnyConnection,
     operator: Option<&str>,
     task_id: i64,
@@ -44,7 +60,11 @@ pub async fn report(
         return Ok(());
     };
     let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-    let remedy = remedy(&mut *conn, &workflow, &step, &payload).await?;
+    // Whatever stops the specific advice (a payload this version cannot read) still leaves the
+    // operator told.
+    let remedy = remedy(&mut *conn, &workflow, &step, &payload)
+        .await
+        .unwrap_or_else(|_| GENERIC.to_owned());
     let (customer, first_name) = match user_id {
         Some(user_id) => accounts::contact(&mut *conn, user_id).await?,
         None => (String::new(), String::new()),
@@ -74,6 +94,8 @@ pub async fn report(
     Ok(())
 }
 
+const GENERIC: &str = "Fix the cause of the error, then retry the task.";
+
 /// What a person does about a dead task of this kind.
 async fn remedy(
     conn: &mut AnyConnection,
@@ -90,6 +112,6 @@ async fn remedy(
         (PAYMENTS, duplicates::CANCEL | duplicates::REFUND) => {
             Settlement::of_task(step, payload)?.remedy(conn).await?
         }
-        _ => "Fix the cause of the error, then retry the task.".to_owned(),
+        _ => GENERIC.to_owned(),
     })
 }

@@ -46,6 +46,8 @@ pub enum Outcome {
     Failed(String),
     /// Another worker took the task over after this one's lease expired; nothing was recorded.
     LeaseLost,
+    /// Its input has not arrived yet; it runs again later, the attempt not counted.
+    Waiting,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +156,7 @@ impl Automation {
         };
         match run {
             Ok(outcome) => Ok(outcome),
+            Err(Error::NotYet(why)) => self.wait(task, &why).await,
             Err(error) => self.record_failure(task, &error.to_string()).await,
         }
     }
@@ -219,6 +222,22 @@ impl Automation {
         } else {
             Outcome::LeaseLost
         })
+    }
+
+    async fn wait(&self, task: &ClaimedTask, why: &str) -> Result<Outcome> {
+        let operator = self.steps.operator_email.as_deref();
+        let now = self.clock.now_ms();
+        match tasks::defer(&self.db, task, &self.worker_id, why, operator, now).await? {
+            Some(status) if status == "dead" => {
+                tracing::error!(task = %task.key, %why, "a task waited too long for its input");
+                Ok(Outcome::Failed(why.to_owned()))
+            }
+            Some(_) => {
+                tracing::info!(task = %task.key, %why, "task waits for its input");
+                Ok(Outcome::Waiting)
+            }
+            None => Ok(Outcome::LeaseLost),
+        }
     }
 
     async fn record_failure(&self, task: &ClaimedTask, message: &str) -> Result<Outcome> {

@@ -154,7 +154,7 @@ pub fn backoff(attempt: i64) -> Millis {
 }
 
 /// Records a failed attempt: back to pending after the backoff, or dead after the last one
-/// (then the operator is told, in the same transaction). Returns the new status (None when
+/// (then the operator is told). Returns the new status (None when
 /// the lease was lost meanwhile).
 pub async fn fail(
     db: &Db,
@@ -181,10 +181,55 @@ pub async fn fail(
     .bind(owner)
     .fetch_optional(tx.conn())
     .await?;
-    if row.as_ref().is_some_and(|(status,)| status == "dead") {
-        dead::report(tx.conn(), operator, task.id, now).await?;
-    }
     tx.commit().await?;
+    if row.as_ref().is_some_and(|(status,)| status == "dead") {
+        dead::report(db, operator, task.id, now).await;
+    }
+    Ok(row.map(|(s,)| s))
+}
+
+/// How long a task may wait for its input ([`Error::NotYet`]): PayPal redelivers a webhook
+/// for up to three days.
+const WAIT_LIMIT: Millis = 3 * 24 * HOUR;
+
+/// Puts a task whose input has not arrived back to `pending` without counting the attempt,
+/// to run again after a wait that grows with its age (30 s to 1 h); dead once it has waited
+/// [`WAIT_LIMIT`] (then the operator is told). Returns the new status (None when the lease
+/// was lost meanwhile).
+pub async fn defer(
+    db: &Db,
+    task: &ClaimedTask,
+    owner: &str,
+    why: &str,
+    operator: Option<&str>,
+    now: Millis,
+) -> Result<Option<String>> {
+    let why: String = why.chars().take(2000).collect();
+    let mut tx = db.begin_write().await?;
+    let row: Option<(String,)> = sqlx::query_as(
+        "UPDATE scheduled_tasks
+         SET status = CASE WHEN created_at < $1 THEN 'dead' ELSE 'pending' END,
+             attempts = CASE WHEN created_at < $1 THEN attempts ELSE attempts - 1 END,
+             run_at = $2 + CASE WHEN ($2 - created_at) / 2 < $3 THEN $3
+                                WHEN ($2 - created_at) / 2 > $4 THEN $4
+                                ELSE ($2 - created_at) / 2 END,
+             last_error = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
+         WHERE id = $6 AND status = 'running' AND lease_owner = $7
+         RETURNING status",
+    )
+    .bind(now - WAIT_LIMIT)
+    .bind(now)
+    .bind(BACKOFF_BASE)
+    .bind(BACKOFF_CAP)
+    .bind(&why)
+    .bind(task.id)
+    .bind(owner)
+    .fetch_optional(tx.conn())
+    .await?;
+    tx.commit().await?;
+    if row.as_ref().is_some_and(|(status,)| status == "dead") {
+        dead::report(db, operator, task.id, now).await;
+    }
     Ok(row.map(|(s,)| s))
 }
 
@@ -203,12 +248,12 @@ pub async fn recover_expired_leases(db: &Db, operator: Option<&str>, now: Millis
     .bind(now)
     .fetch_all(tx.conn())
     .await?;
+    tx.commit().await?;
     for (id, status) in &recovered {
         if status == "dead" {
-            dead::report(tx.conn(), operator, *id, now).await?;
+            dead::report(db, operator, *id, now).await;
         }
     }
-    tx.commit().await?;
     Ok(u64::try_from(recovered.len()).unwrap_or(u64::MAX))
 }
 

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use crate::automation::tasks::{self, DEFAULT_MAX_ATTEMPTS, NewTask};
 use crate::clock::{Millis, SharedClock};
 use crate::dedicated::orders::{self, DEDICATED_PLAN};
+use crate::dedicated::release;
 use crate::devices::entitlement;
 use crate::error::{Error, FieldError, Result};
 use crate::servers::country_of;
@@ -69,6 +70,11 @@ impl Payments {
             provider,
             plans,
         }
+    }
+
+    /// The payment provider, if one is configured.
+    pub fn provider_if_configured(&self) -> Option<&dyn PaymentProvider> {
+        self.provider.as_deref()
     }
 
     pub(super) fn provider(&self) -> Result<&dyn PaymentProvider> {
@@ -314,6 +320,12 @@ async fn subscription_activated(
     if let Some(current) = duplicates::live_other(&mut *conn, user_id, reference).await? {
         return duplicates::mark(conn, checkout_id, user_id, reference, &current, now).await;
     }
+    if plan != DEDICATED_PLAN && current_plan(&mut *conn, user_id).await? == DEDICATED_PLAN {
+        // A dedicated buyer who cancelled and now starts another plan: the plan changes now,
+        // and the old subscription's end (which would give the server back) is no longer
+        // tracked on this row, so the server goes back now.
+        release::request(&mut *conn, user_id, now).await?;
+    }
     plans::change_plan(&mut *conn, user_id, &plan, now).await?;
     // The row may carry an earlier subscription that was cancelled at its period's end: the
     // new one bills, so it is not cancelling (the old one's end task finds its id gone).
@@ -351,10 +363,23 @@ async fn subscription_activated(
     Ok(())
 }
 
+/// The plan of the user's live subscription ("" without one).
+async fn current_plan(conn: &mut AnyConnection, user_id: i64) -> Result<String> {
+    let plan: Option<(String,)> = sqlx::query_as(
+        "SELECT plan_type FROM subscriptions
+         WHERE user_id = $1 AND status IN ('trial', 'active', 'past_due', 'suspended')
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(plan.map(|(p,)| p).unwrap_or_default())
+}
+
 /// PayPal could not collect a subscription payment: dunning starts (once per cycle).
 async fn payment_failed(conn: &mut AnyConnection, resource: &Value, now: Millis) -> Result<()> {
     let subscription = subscription_id(resource)?;
-    let (user_id, ..) = activated_checkout_for(conn, subscription).await?;
+    let (user_id, ..) = checkout_for(conn, subscription).await?;
     dunning::start(conn, user_id, subscription, now).await?;
     Ok(())
 }
@@ -367,50 +392,38 @@ fn subscription_id(resource: &Value) -> Result<&str> {
 }
 
 /// The user, plan and region of a PayPal subscription started by our checkout, and the live
-/// subscription it duplicates, if it does (see `duplicates`). None is an error: the task
-/// retries (events can arrive early) and then waits for an operator.
+/// subscription it duplicates, if it does (see `duplicates`). No checkout is an error: the
+/// task retries and then waits for an operator.
+///
+/// The events that ask for it (a payment, a failed payment, a cancellation) need the
+/// activation applied first, and PayPal does not promise to deliver events in order: a sale
+/// processed before its activation would find no linked subscription to extend, one on a
+/// duplicate would not be known as one (so not refunded), and a cancellation would find
+/// nothing to cancel and be lost. Until the activation is applied this is [`Error::NotYet`]:
+/// the task waits for it (for as long as PayPal redelivers), no attempt counted.
 async fn checkout_for(
     conn: &mut AnyConnection,
     subscription: &str,
 ) -> Result<(i64, String, Option<String>, Option<String>)> {
-    checkout_row(conn, subscription)
-        .await
-        .map(|(user, plan, region, duplicate_of, _)| (user, plan, region, duplicate_of))
-}
-
-/// As [`checkout_for`], for an event that needs the activation applied first (a payment, a
-/// failed payment). PayPal does not promise to deliver events in order: a sale processed before
-/// its activation would find no linked subscription to extend, and one on a duplicate would
-/// not be known as one (so not refunded). Until the activation is applied this is an error, so
-/// the task retries after its backoff, by which time the activation has normally arrived.
-async fn activated_checkout_for(
-    conn: &mut AnyConnection,
-    subscription: &str,
-) -> Result<(i64, String, Option<String>, Option<String>)> {
-    let (user, plan, region, duplicate_of, status) = checkout_row(conn, subscription).await?;
-    if status != "completed" {
-        return Err(Error::internal(format!(
-            "PayPal subscription {subscription} is not activated here yet; waiting for its activation event"
-        )));
-    }
-    Ok((user, plan, region, duplicate_of))
-}
-
-type CheckoutRow = (i64, String, Option<String>, Option<String>, String);
-
-async fn checkout_row(conn: &mut AnyConnection, subscription: &str) -> Result<CheckoutRow> {
-    sqlx::query_as(
+    type Row = (i64, String, Option<String>, Option<String>, String);
+    let row: Option<Row> = sqlx::query_as(
         "SELECT user_id, plan_code, region, duplicate_of, status FROM checkouts
          WHERE provider = 'paypal' AND provider_ref = $1",
     )
     .bind(subscription)
     .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        Error::internal(format!(
+    .await?;
+    let Some((user, plan, region, duplicate_of, status)) = row else {
+        return Err(Error::internal(format!(
             "no checkout for PayPal subscription {subscription}"
-        ))
-    })
+        )));
+    };
+    if status != "completed" {
+        return Err(Error::NotYet(format!(
+            "PayPal subscription {subscription} is not activated here yet; waiting for its activation event"
+        )));
+    }
+    Ok((user, plan, region, duplicate_of))
 }
 
 /// A sale was refunded (in full or in part): the payment says so, and a full refund voids
@@ -466,7 +479,7 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
         .and_then(cents)
         .ok_or_else(|| Error::internal(format!("sale {sale} has no readable amount")))?;
     let currency = text("/amount/currency").unwrap_or("USD").to_owned();
-    let (user_id, plan, region, duplicate_of) = activated_checkout_for(conn, subscription).await?;
+    let (user_id, plan, region, duplicate_of) = checkout_for(conn, subscription).await?;
     let recorded: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO payments (uuid, user_id, provider, provider_payment_id, provider_subscription_id,
                                plan_type, amount_cents, currency, status, created_at, updated_at)

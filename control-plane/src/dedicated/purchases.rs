@@ -43,7 +43,8 @@ pub struct DedicatedPurchase {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DedicatedServer {
-    pub name: String,
+    /// As `server.id` on the buyer's devices.
+    pub id: String,
     /// Region and country, such as `eu-de (Germany)`.
     pub location: String,
     /// The address WireGuard connects to, and its port.
@@ -71,7 +72,7 @@ pub async fn of_user(db: &Db, user_id: i64) -> Result<Vec<DedicatedPurchase>> {
     let rows = sqlx::query(
         "SELECT q.id, q.status, q.region_preference, q.created_at, q.completed_at,
                 COALESCE(q.released_at, q.release_requested_at),
-                s.name, s.region, s.country, s.endpoint_host, s.endpoint_port, s.status,
+                s.uuid, s.region, s.country, s.endpoint_host, s.endpoint_port, s.status,
                 (SELECT COUNT(*) FROM devices d WHERE d.server_id = s.id AND d.user_id = q.user_id)
          FROM server_provisioning_queue q
          LEFT JOIN vpn_servers s ON s.id = q.vpn_server_id AND s.dedicated_user_id = q.user_id
@@ -100,10 +101,10 @@ fn purchase(
         (None, _) => PurchaseStatus::SettingUp,
     };
     let server = match (status, row.try_get::<Option<String>, _>(6)?) {
-        (PurchaseStatus::Ready, Some(name)) => {
+        (PurchaseStatus::Ready, Some(id)) => {
             let (region, country): (String, String) = (row.try_get(7)?, row.try_get(8)?);
             Some(DedicatedServer {
-                name,
+                id,
                 location: format!("{region} ({country})"),
                 address: row.try_get(9)?,
                 port: row.try_get(10)?,

@@ -23,9 +23,11 @@ impl From<Error> for Status {
             Error::Unavailable(_)
             | Error::Database(sqlx::Error::PoolTimedOut)
             | Error::Upstream { .. } => Code::Unavailable,
-            Error::Config(_) | Error::Database(_) | Error::Migration(_) | Error::Internal(_) => {
-                Code::Internal
-            }
+            Error::Config(_)
+            | Error::Database(_)
+            | Error::Migration(_)
+            | Error::Internal(_)
+            | Error::NotYet(_) => Code::Internal,
         };
         if err.is_internal() {
             tracing::error!(error = %err, "gRPC call failed");
