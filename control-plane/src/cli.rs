@@ -15,6 +15,7 @@ use crate::clock::{Clock as _, SystemClock};
 use crate::config::{Overrides, Settings};
 use crate::dedicated::orders::{self, ManualOrderInput};
 use crate::dedicated::pool::{self, PoolInput, PoolStatusInput};
+use crate::dedicated::refund::{self, RefundInput};
 use crate::error::{Error, Result};
 use crate::nodes::enrollment;
 use crate::secret::Secret;
@@ -181,6 +182,13 @@ enum OrdersCommand {
     },
     /// Send a failed order round again from where it stopped (deadline starts afresh).
     Retry { id: i64 },
+    /// Give up on a failed order: refund the buyer, stop the billing, release what was set up.
+    Refund {
+        id: i64,
+        /// Told to the buyer (one line).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 // Parsed once per process; boxing the big variant would buy nothing.
@@ -482,6 +490,23 @@ async fn admin(
                 accounts.db(),
                 *id,
                 crate::server::order_deadline(settings),
+                Actor::Cli,
+                None,
+                SystemClock.now_ms(),
+            )
+            .await?;
+            out(&json(&order)?);
+        }
+        AdminCommand::Orders(OrdersCommand::Refund { id, reason }) => {
+            let provider = crate::server::payment_provider(settings)?;
+            let input = RefundInput {
+                reason: reason.clone(),
+            };
+            let order = refund::refund(
+                accounts.db(),
+                provider.as_deref(),
+                *id,
+                input,
                 Actor::Cli,
                 None,
                 SystemClock.now_ms(),

@@ -11,10 +11,11 @@ use crate::accounts::ClientInfo;
 use crate::audit::Actor;
 use crate::dedicated::orders::{self, ManualOrderInput, OrderView};
 use crate::dedicated::pool::{self, PoolInput, PoolServerView, PoolStatusInput};
+use crate::dedicated::refund::{self, RefundInput};
 use crate::error::{Error, FieldError};
 
 use super::AppState;
-use super::error::{ApiJson, ErrorBody};
+use super::error::{ApiJson, ErrorBody, OptionalJson};
 use super::extract::{AdminCaller, Path, Query};
 
 const ORDER_STATUSES: &[&str] = &[
@@ -31,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/pool/{id}", patch(set_pool_status))
         .route("/orders", get(list_orders).post(place_manual_order))
         .route("/orders/{id}/retry", post(retry_order))
+        .route("/orders/{id}/refund", post(refund_order))
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/pool", tag = "admin", security(("bearer" = [])),
@@ -151,6 +153,35 @@ pub async fn retry_order(
         state.db(),
         id,
         state.order_deadline(),
+        Actor::User(admin.user_id),
+        client.ip,
+        state.now(),
+    )
+    .await
+    .map(Json)
+}
+
+/// Give up on a failed order: the buyer's payment is refunded in full and their subscription
+/// cancelled at PayPal first (a failure there is 502 and records nothing), then the order is
+/// released (a created instance is cancelled at the provider), their plan ends and they are
+/// told. The body is optional.
+#[utoipa::path(post, path = "/api/v1/admin/orders/{id}/refund", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The order")),
+    request_body(content = RefundInput, description = "optional"),
+    responses((status = 200, body = OrderView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn refund_order(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    client: ClientInfo,
+    Path(id): Path<i64>,
+    OptionalJson(input): OptionalJson<RefundInput>,
+) -> Result<Json<OrderView>, Error> {
+    refund::refund(
+        state.db(),
+        state.payments().provider_if_configured(),
+        id,
+        input,
         Actor::User(admin.user_id),
         client.ip,
         state.now(),

@@ -20,7 +20,7 @@ use super::{admin, admin_dedicated, admin_fleet, auth, billing, dedicated, devic
         admin_fleet::list_servers, admin_fleet::add_server, admin_fleet::retire_server, admin_fleet::evacuate_server, admin_fleet::enrollment_token, admin_fleet::revoke_certificates,
         admin_fleet::update_plan, admin_fleet::change_plan, admin_fleet::suspend, admin_fleet::restore,
         admin_dedicated::list_pool, admin_dedicated::add_to_pool, admin_dedicated::set_pool_status,
-        admin_dedicated::list_orders, admin_dedicated::place_manual_order, admin_dedicated::retry_order,
+        admin_dedicated::list_orders, admin_dedicated::place_manual_order, admin_dedicated::retry_order, admin_dedicated::refund_order,
         dedicated::list_purchases,
         billing::checkout, billing::get_subscription, billing::cancel_subscription, billing::paypal_webhook, billing::list_invoices, billing::invoice, billing::invoice_page,
     ),

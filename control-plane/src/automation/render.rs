@@ -33,6 +33,7 @@ mail_templates!(
     "dedicated_ready",
     "dedicated_delayed",
     "order_failed",
+    "order_refunded",
     "duplicate_cancelled",
     "duplicate_refunded",
     "payment_failed",
@@ -220,6 +221,7 @@ mod tests {
             "access_until": "December 24, 2026",
             "changed_at": "2026-11-24T10:00:00.000Z",
             "how": "reset",
+            "paypal": true,
         })
     }
 

@@ -7,5 +7,6 @@ mod lifecycle;
 pub mod orders;
 pub mod pool;
 pub mod purchases;
+pub mod refund;
 pub mod release;
 pub mod runner;

@@ -27,14 +27,45 @@ const STOPPED: &str = "error_message = CASE WHEN status IN ('completed', 'failed
 
 /// Marks every dedicated server of `user_id` for release. Returns how many orders it touched.
 pub async fn request(conn: &mut AnyConnection, user_id: i64, now: Millis) -> Result<u64> {
-    let orders: Vec<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+    let orders: Vec<OrderServers> = sqlx::query_as(
         "SELECT id, server_pool_id, vpn_server_id FROM server_provisioning_queue
          WHERE user_id = $1 AND release_requested_at IS NULL",
     )
     .bind(user_id)
     .fetch_all(&mut *conn)
     .await?;
-    for (order, pool_id, server_id) in &orders {
+    release(conn, user_id, &orders, now).await
+}
+
+/// Marks one order of `user_id` for release (the buyer keeps any other). False if it is not
+/// theirs or its release was requested before.
+pub async fn request_order(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    order_id: i64,
+    now: Millis,
+) -> Result<bool> {
+    let orders: Vec<OrderServers> = sqlx::query_as(
+        "SELECT id, server_pool_id, vpn_server_id FROM server_provisioning_queue
+         WHERE user_id = $1 AND id = $2 AND release_requested_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(release(conn, user_id, &orders, now).await? == 1)
+}
+
+/// An order and the pool server and server it holds.
+type OrderServers = (i64, Option<i64>, Option<i64>);
+
+async fn release(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    orders: &[OrderServers],
+    now: Millis,
+) -> Result<u64> {
+    for (order, pool_id, server_id) in orders {
         sqlx::query(
             "UPDATE vpn_servers SET dedicated_user_id = NULL, updated_at = $1
              WHERE id = $2 AND dedicated_user_id = $3",
@@ -91,12 +122,16 @@ pub async fn request(conn: &mut AnyConnection, user_id: i64, now: Millis) -> Res
         )
         .await?;
     }
-    if !orders.is_empty() {
-        sqlx::query("UPDATE users SET dedicated_server_id = NULL, updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(user_id)
-            .execute(&mut *conn)
-            .await?;
+    for (_, _, server_id) in orders {
+        sqlx::query(
+            "UPDATE users SET dedicated_server_id = NULL, updated_at = $1
+             WHERE id = $2 AND dedicated_server_id = $3",
+        )
+        .bind(now)
+        .bind(user_id)
+        .bind(server_id)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(orders.len() as u64)
 }

@@ -22,6 +22,7 @@ use truevault_control_plane::server::Server;
 use truevault_control_plane::storage::Db;
 
 pub mod node;
+pub mod orders;
 pub mod paypal;
 
 pub const PASSWORD: &str = "correct horse battery staple";

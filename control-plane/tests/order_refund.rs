@@ -1,0 +1,213 @@
+//! An operator gives up on a dedicated-server order that could not be delivered
+//! (`POST /api/v1/admin/orders/{id}/refund`): the buyer's payment is refunded and their
+//! subscription cancelled at PayPal, the instance created for the order is cancelled at
+//! Contabo, the plan ends and the buyer is told. PayPal failing records nothing; only a failed
+//! order qualifies, once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::orders::{POLL, app, contabo, order_of, subscribe};
+use common::{Engine, TestApp, error_code};
+use reqwest::StatusCode;
+use serde_json::json;
+use truevault_control_plane::billing::fake_paypal::FakePayPal;
+
+engine_tests!(
+    a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back,
+    only_a_failed_order_is_refunded_and_a_manual_payment_needs_no_paypal,
+);
+
+async fn payment_of(app: &TestApp, user_id: i64) -> (String, Option<String>) {
+    sqlx::query_as("SELECT status, provider_refund_id FROM payments WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap()
+}
+
+async fn subscription_status(app: &TestApp, user_id: i64) -> String {
+    let (status,): (String,) = sqlx::query_as(
+        "SELECT status FROM subscriptions WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .fetch_one(app.db().pool())
+    .await
+    .unwrap();
+    status
+}
+
+async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine: Engine) {
+    let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
+    let app = app(engine, &paypal, &contabo).await;
+    let admin = app.admin_token().await;
+    let email = "unlucky@example.com";
+    let (buyer, subscription) = subscribe(&app, &paypal, email, "eu-de").await;
+    app.run_tasks().await;
+    app.state.orders().run_due().await.unwrap();
+    let order = order_of(&app, &admin, email).await;
+    let (id, user_id) = (
+        order["id"].as_i64().unwrap(),
+        order["user_id"].as_i64().unwrap(),
+    );
+    assert_eq!(order["status"], "provisioning", "{order}");
+    assert_eq!(contabo.instances().len(), 1);
+    let refund = format!("/api/v1/admin/orders/{id}/refund");
+
+    // An order still being set up is not given up, and never by its buyer.
+    let (status, body) = app.post_auth(&refund, &admin, None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "order_not_failed")
+    );
+    let (status, _) = app.post_auth(&refund, &buyer, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    app.advance(Duration::from_secs(31 * 60));
+    app.state.orders().run_due().await.unwrap();
+    let admin = app.admin_token().await;
+    assert_eq!(order_of(&app, &admin, email).await["status"], "failed");
+
+    // Bad input and PayPal being down change nothing.
+    let (status, body) = app
+        .post_auth(&refund, &admin, Some(json!({ "reason": "two\nlines" })))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "validation_failed")
+    );
+    paypal.fail_cancellations(1);
+    let (status, body) = app.post_auth(&refund, &admin, None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_GATEWAY, "upstream_error")
+    );
+    assert!(paypal.cancellations().is_empty() && paypal.refunds().is_empty());
+    assert_eq!(
+        payment_of(&app, user_id).await,
+        ("completed".to_owned(), None)
+    );
+    assert_eq!(subscription_status(&app, user_id).await, "active");
+    assert!(order_of(&app, &admin, email).await["released_at"].is_null());
+
+    // Given up: refunded and cancelled at PayPal, the plan ends now, the buyer is told.
+    let reason = "Our provider has no capacity in eu-de this week.";
+    let (status, body) = app
+        .post_auth(&refund, &admin, Some(json!({ "reason": reason })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], id);
+    let cancelled: Vec<String> = paypal.cancellations().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(cancelled, [subscription]);
+    let refunds = paypal.refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(
+        payment_of(&app, user_id).await,
+        ("refunded".to_owned(), Some(refunds[0].1.clone()))
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM invoices WHERE status = 'refunded'")
+            .await,
+        1
+    );
+    assert_eq!(subscription_status(&app, user_id).await, "cancelled");
+    let told = app.last_mail(email, "order_refunded").await;
+    assert_eq!(
+        (told["amount"].as_str(), told["reason"].as_str()),
+        (Some("49.99 USD"), Some(reason))
+    );
+    let (_, buyer) = app.login(email, common::PASSWORD).await;
+    let buyer = buyer["access_token"].as_str().unwrap().to_owned();
+    let (_, mine) = app.get_auth("/api/v1/dedicated", &buyer).await;
+    assert_eq!(mine[0]["status"], "released", "{mine}");
+
+    // The runner cancels the instance created for it at Contabo.
+    app.advance(POLL);
+    app.state.orders().run_due().await.unwrap();
+    assert!(
+        contabo.instances()[0].cancelled,
+        "{:?}",
+        contabo.instances()
+    );
+    assert!(order_of(&app, &admin, email).await["released_at"].is_string());
+
+    // Once only.
+    let (status, body) = app.post_auth(&refund, &admin, None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "order_released")
+    );
+    assert_eq!(paypal.refunds().len(), 1);
+    let (status, _) = app
+        .post_auth("/api/v1/admin/orders/999999/refund", &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn only_a_failed_order_is_refunded_and_a_manual_payment_needs_no_paypal(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let admin = app.admin_token().await;
+    let server = app.add_server("pool-sg-1", "asia-sg", 91).await;
+    app.post_auth(
+        "/api/v1/admin/pool",
+        &admin,
+        Some(json!({ "server_id": server["id"] })),
+    )
+    .await;
+    let (served_id, _) = app.customer("served@example.com").await;
+    let (_, served) = app
+        .post_auth(
+            "/api/v1/admin/orders",
+            &admin,
+            Some(json!({ "user_id": served_id, "region": "asia-sg" })),
+        )
+        .await;
+    assert_eq!(served["status"], "completed", "{served}");
+    let (status, body) = app
+        .post_auth(
+            &format!("/api/v1/admin/orders/{}/refund", served["id"]),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "order_not_failed")
+    );
+
+    // A bank-transfer order that failed: recorded as refunded (the operator returns the money
+    // the way it came), with no PayPal configured at all.
+    let (waiting_id, _) = app.customer("wire@example.com").await;
+    let (_, waiting) = app
+        .post_auth(
+            "/api/v1/admin/orders",
+            &admin,
+            Some(json!({ "user_id": waiting_id, "region": "asia-jp", "reference": "wire-42" })),
+        )
+        .await;
+    let id = waiting["id"].as_i64().unwrap();
+    sqlx::query("UPDATE server_provisioning_queue SET status = 'failed' WHERE id = $1")
+        .bind(id)
+        .execute(app.db().pool())
+        .await
+        .unwrap();
+    let (status, body) = app
+        .post_auth(&format!("/api/v1/admin/orders/{id}/refund"), &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["released_at"].is_string(),
+        "nothing to cancel anywhere: {body}"
+    );
+    assert_eq!(
+        payment_of(&app, waiting_id).await,
+        ("refunded".to_owned(), None)
+    );
+    assert_eq!(subscription_status(&app, waiting_id).await, "cancelled");
+    let told = app.last_mail("wire@example.com", "order_refunded").await;
+    assert_eq!(told["paypal"], false);
+    // The served buyer keeps everything.
+    assert_eq!(subscription_status(&app, served_id).await, "active");
+}
