@@ -119,7 +119,7 @@ async fn a_second_approved_subscription_is_cancelled_and_refunded_at_paypal(engi
     let paid_until = period_end(&app, user_id).await;
 
     // The second approval and its first payment change nothing for the customer, even with
-    // PayPal delivering the payment first: it waits for the activation (its task retries).
+    // PayPal delivering the payment first: it waits for the activation.
     let sale = fake.collect(&second, "14.99");
     for raw in [
         sale_completed("WH-S2", &sale, &second, "14.99"),
@@ -127,12 +127,7 @@ async fn a_second_approved_subscription_is_cancelled_and_refunded_at_paypal(engi
     ] {
         deliver_signed(&app, &fake, &raw).await;
     }
-    app.run_tasks().await;
-    assert!(
-        fake.refunds().is_empty(),
-        "the payment waits for its activation"
-    );
-    app.advance(Duration::from_secs(60));
+    // The payment waited for the activation and ran right after it, with no clock moving.
     app.run_tasks().await;
     assert_eq!(subscription(&app, user_id).await, linked);
     assert_eq!(

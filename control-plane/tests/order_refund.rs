@@ -11,6 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::orders::{POLL, app, contabo, order_of, subscribe};
+use common::paypal::{deliver_signed, sale_completed};
 use common::{Engine, TestApp, error_code};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -21,12 +22,16 @@ engine_tests!(
     only_a_failed_order_is_refunded_and_a_manual_payment_needs_no_paypal,
 );
 
-async fn payment_of(app: &TestApp, user_id: i64) -> (String, Option<String>) {
-    sqlx::query_as("SELECT status, provider_refund_id FROM payments WHERE user_id = $1")
+async fn payments_of(app: &TestApp, user_id: i64) -> Vec<(String, Option<String>)> {
+    sqlx::query_as("SELECT status, provider_refund_id FROM payments WHERE user_id = $1 ORDER BY id")
         .bind(user_id)
-        .fetch_one(app.db().pool())
+        .fetch_all(app.db().pool())
         .await
         .unwrap()
+}
+
+async fn payment_of(app: &TestApp, user_id: i64) -> (String, Option<String>) {
+    payments_of(app, user_id).await.remove(0)
 }
 
 async fn subscription_status(app: &TestApp, user_id: i64) -> String {
@@ -56,6 +61,16 @@ async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine
     assert_eq!(order["status"], "provisioning", "{order}");
     assert_eq!(contabo.instances().len(), 1);
     let refund = format!("/api/v1/admin/orders/{id}/refund");
+    // Meanwhile the buyer uses a shared server.
+    app.add_server("shared-us-1", "us-east", 97).await;
+    let (status, device) = app
+        .post_auth(
+            "/api/v1/devices",
+            &buyer,
+            Some(json!({ "public_key": common::base64_key(98) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
 
     // An order still being set up is not given up, and never by its buyer.
     let (status, body) = app.post_auth(&refund, &admin, None).await;
@@ -92,7 +107,15 @@ async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine
     assert_eq!(subscription_status(&app, user_id).await, "active");
     assert!(order_of(&app, &admin, email).await["released_at"].is_null());
 
-    // Given up: refunded and cancelled at PayPal, the plan ends now, the buyer is told.
+    // The order sits failed over a renewal: PayPal collects the next month too.
+    let renewal = paypal.collect(&subscription, "49.99");
+    let raw = sale_completed("S2-unlucky", &renewal, &subscription, "49.99");
+    deliver_signed(&app, &paypal, &raw).await;
+    app.run_tasks().await;
+    assert_eq!(payments_of(&app, user_id).await.len(), 2);
+
+    // Given up: both payments refunded and the subscription cancelled at PayPal, the plan
+    // ends now (devices too), the buyer is told.
     let reason = "Our provider has no capacity in eu-de this week.";
     let (status, body) = app
         .post_auth(&refund, &admin, Some(json!({ "reason": reason })))
@@ -102,21 +125,39 @@ async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine
     let cancelled: Vec<String> = paypal.cancellations().into_iter().map(|(s, _)| s).collect();
     assert_eq!(cancelled, [subscription]);
     let refunds = paypal.refunds();
-    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds.len(), 2, "{refunds:?}");
     assert_eq!(
-        payment_of(&app, user_id).await,
-        ("refunded".to_owned(), Some(refunds[0].1.clone()))
+        payments_of(&app, user_id).await,
+        refunds
+            .iter()
+            .map(|(_, refund)| ("refunded".to_owned(), Some(refund.clone())))
+            .collect::<Vec<_>>()
     );
     assert_eq!(
         app.count("SELECT COUNT(*) FROM invoices WHERE status = 'refunded'")
             .await,
-        1
+        2
     );
     assert_eq!(subscription_status(&app, user_id).await, "cancelled");
+    let (device_status,): (String,) =
+        sqlx::query_as("SELECT status FROM devices WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(app.db().pool())
+            .await
+            .unwrap();
+    assert_eq!(device_status, "disabled");
     let told = app.last_mail(email, "order_refunded").await;
     assert_eq!(
         (told["amount"].as_str(), told["reason"].as_str()),
-        (Some("49.99 USD"), Some(reason))
+        (Some("99.98 USD"), Some(reason))
+    );
+    let (status, body) = app
+        .post_auth(&format!("/api/v1/admin/orders/{id}/retry"), &admin, None)
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "order_not_failed"),
+        "an order given up is not retried"
     );
     let (_, buyer) = app.login(email, common::PASSWORD).await;
     let buyer = buyer["access_token"].as_str().unwrap().to_owned();
@@ -137,9 +178,9 @@ async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine
     let (status, body) = app.post_auth(&refund, &admin, None).await;
     assert_eq!(
         (status, error_code(&body)),
-        (StatusCode::CONFLICT, "order_released")
+        (StatusCode::CONFLICT, "order_refunded")
     );
-    assert_eq!(paypal.refunds().len(), 1);
+    assert_eq!(paypal.refunds().len(), 2);
     let (status, _) = app
         .post_auth("/api/v1/admin/orders/999999/refund", &admin, None)
         .await;

@@ -582,7 +582,8 @@ async fn forged_deliveries_cost_paypal_calls_only_until_their_sender_is_cut_off(
 
 /// PayPal delivers a subscription's payment and cancellation hours before its activation (its
 /// delivery of the activation kept failing): they wait for it, without using up their task's
-/// attempts, and then apply in order: paid, and cancelled at the period's end.
+/// attempts, run as soon as it is applied, and in the order they came: paid, and cancelled at
+/// the period's end.
 async fn events_ahead_of_their_activation_wait_for_it_however_late_it_comes(engine: Engine) {
     let fake = FakePayPal::start().await;
     let app = app_with_paypal(engine, &fake, |_| {}).await;
@@ -596,12 +597,16 @@ async fn events_ahead_of_their_activation_wait_for_it_however_late_it_comes(engi
         .await;
     assert_eq!(status, StatusCode::CREATED, "{checkout}");
     let subscription = checkout["subscription_id"].as_str().unwrap().to_owned();
+    // The payment first, the cancellation two minutes later: they must apply in that order
+    // (a cancellation before the first payment would end the plan at once).
     for raw in [
         sale_completed("WH-EARLY-S", "SALE-EARLY", &subscription, "9.99"),
         cancelled("WH-EARLY-C", &subscription),
     ] {
         let (status, body) = deliver(&app, &raw, &fake.sign(&raw, WEBHOOK_ID)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        app.run_tasks().await;
+        app.advance(std::time::Duration::from_secs(120));
     }
     // Six hours of waiting: far more than a failing task's attempts would last.
     for _ in 0..12 {

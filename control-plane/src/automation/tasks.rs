@@ -193,9 +193,9 @@ pub async fn fail(
 const WAIT_LIMIT: Millis = 3 * 24 * HOUR;
 
 /// Puts a task whose input has not arrived back to `pending` without counting the attempt,
-/// to run again after a wait that grows with its age (30 s to 1 h); dead once it has waited
-/// [`WAIT_LIMIT`] (then the operator is told). Returns the new status (None when the lease
-/// was lost meanwhile).
+/// to run again after a wait that grows with how long it has waited (30 s to 1 h), or as soon
+/// as [`wake`] says its input came; dead once it has waited [`WAIT_LIMIT`] (then the operator
+/// is told). Returns the new status (None when the lease was lost meanwhile).
 pub async fn defer(
     db: &Db,
     task: &ClaimedTask,
@@ -208,11 +208,13 @@ pub async fn defer(
     let mut tx = db.begin_write().await?;
     let row: Option<(String,)> = sqlx::query_as(
         "UPDATE scheduled_tasks
-         SET status = CASE WHEN created_at < $1 THEN 'dead' ELSE 'pending' END,
-             attempts = CASE WHEN created_at < $1 THEN attempts ELSE attempts - 1 END,
-             run_at = $2 + CASE WHEN ($2 - created_at) / 2 < $3 THEN $3
-                                WHEN ($2 - created_at) / 2 > $4 THEN $4
-                                ELSE ($2 - created_at) / 2 END,
+         SET waiting_since = COALESCE(waiting_since, $2),
+             status = CASE WHEN COALESCE(waiting_since, $2) < $1 THEN 'dead' ELSE 'pending' END,
+             attempts = CASE WHEN COALESCE(waiting_since, $2) < $1 THEN attempts
+                             ELSE attempts - 1 END,
+             run_at = $2 + CASE WHEN ($2 - COALESCE(waiting_since, $2)) / 2 < $3 THEN $3
+                                WHEN ($2 - COALESCE(waiting_since, $2)) / 2 > $4 THEN $4
+                                ELSE ($2 - COALESCE(waiting_since, $2)) / 2 END,
              last_error = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
          WHERE id = $6 AND status = 'running' AND lease_owner = $7
          RETURNING status",
@@ -231,6 +233,22 @@ pub async fn defer(
         dead::report(db, operator, task.id, now).await;
     }
     Ok(row.map(|(s,)| s))
+}
+
+/// Tasks waiting for an input whose reason names `subject` (a PayPal subscription id) run now:
+/// it has arrived. They then run in the order they were scheduled (`run_at`, then id), so
+/// events that waited keep the order PayPal sent them in.
+pub async fn wake(conn: &mut AnyConnection, subject: &str, now: Millis) -> Result<u64> {
+    let woken = sqlx::query(
+        "UPDATE scheduled_tasks SET run_at = $1, updated_at = $1
+         WHERE status = 'pending' AND waiting_since IS NOT NULL AND last_error LIKE $2",
+    )
+    .bind(now)
+    .bind(format!("%{subject}%"))
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(woken)
 }
 
 /// Tasks whose worker stopped or crashed mid-run become due again (or dead, if that was their
@@ -408,7 +426,8 @@ pub async fn act(
 ) -> Result<TaskView> {
     let (sql, allowed, code) = match action {
         TaskAction::Retry => (
-            "UPDATE scheduled_tasks SET status = 'pending', attempts = 0, run_at = $1, updated_at = $1
+            "UPDATE scheduled_tasks SET status = 'pending', attempts = 0, waiting_since = NULL,
+                                        run_at = $1, updated_at = $1
              WHERE id = $2 AND status IN ('dead', 'cancelled')",
             "dead or cancelled",
             "task_not_retryable",

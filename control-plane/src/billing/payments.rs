@@ -317,6 +317,9 @@ async fn subscription_activated(
     // this one commits, and then finds this subscription live (PostgreSQL; SQLite has one
     // writer).
     entitlement::lock_users(&mut *conn, &[user_id]).await?;
+    // Events about this subscription that came first and wait for it run right after this,
+    // in the order PayPal sent them.
+    tasks::wake(&mut *conn, reference, now).await?;
     if let Some(current) = duplicates::live_other(&mut *conn, user_id, reference).await? {
         return duplicates::mark(conn, checkout_id, user_id, reference, &current, now).await;
     }

@@ -392,7 +392,7 @@ pub async fn retry(
         "UPDATE server_provisioning_queue
          SET status = $1, attempt = attempt + 1, error_message = NULL, deadline_at = $2,
              next_run_at = $3, lease_owner = NULL, lease_until = NULL, updated_at = $3
-         WHERE id = $4 AND status = 'failed' AND released_at IS NULL",
+         WHERE id = $4 AND status = 'failed' AND release_requested_at IS NULL",
     )
     .bind(resume)
     .bind(now + deadline)
@@ -405,7 +405,7 @@ pub async fn retry(
         // Retried by someone else meanwhile, or its server was given back.
         return Err(Error::conflict(
             "order_not_failed",
-            "only a failed order whose server was not released can be retried",
+            "only a failed order that is not being given up can be retried",
         ));
     }
     audit::record(

@@ -2,15 +2,18 @@
 //! money back and is billed no more, and whatever was set up for the order is given back (its
 //! instance is cancelled at the provider by the order runner, as for any release).
 //!
-//! Only a `failed` order qualifies: a delivered server ends with its subscription instead. The
-//! provider is asked first, outside the transaction: the subscription is cancelled and the
-//! payment refunded in full, both idempotent, so an operator repeating the request after an
-//! error (a 502 records nothing) causes no second refund.
+//! Only a `failed` order qualifies, until its payments are refunded: a delivered server ends
+//! with its subscription instead. The provider is asked first, outside the transaction: the
+//! subscription is cancelled and every payment on it refunded in full, all idempotent, so an
+//! operator repeating the request after an error (a 502 records nothing) causes no second
+//! refund. A refund wins over an operator's retry of the same order racing it: the order is
+//! released either way, and a retry of an order being given up is refused.
 
 use std::net::IpAddr;
 
 use serde::Deserialize;
 use serde_json::json;
+use sqlx::AnyConnection;
 use utoipa::ToSchema;
 
 use crate::accounts;
@@ -39,15 +42,14 @@ pub struct RefundInput {
 struct Paid {
     user_id: i64,
     status: String,
-    release_requested: bool,
     region: Option<String>,
     payment_id: i64,
     provider: String,
-    sale: String,
     subscription: Option<String>,
-    amount_cents: i64,
-    currency: String,
 }
+
+/// A payment to give back: its row, the provider's id for it, its amount in cents.
+type Refundable = (i64, String, i64);
 
 /// Refunds failed order `id` and stops its billing; returns the order (to be released).
 pub async fn refund(
@@ -67,85 +69,88 @@ pub async fn refund(
             "only a failed order can be refunded; a delivered server ends with its subscription",
         ));
     }
-    if paid.release_requested {
+    let refundable = refundable(db, &paid).await?;
+    if refundable.is_empty() {
         return Err(Error::conflict(
-            "order_released",
-            "this order was given up already",
+            "order_refunded",
+            "this order's payments are refunded already",
         ));
     }
     // At the provider first: a failure here records nothing, and the operator may simply try
-    // again (both calls are idempotent).
-    let refund = match paid.provider.as_str() {
-        "paypal" => {
-            let provider = provider.ok_or(Error::Unavailable(
-                "payments are not configured on this server",
-            ))?;
-            if let Some(subscription) = &paid.subscription {
-                provider
-                    .cancel_subscription(
-                        subscription,
-                        "the dedicated server could not be delivered",
-                    )
-                    .await?;
-            }
-            Some(
-                provider
-                    .refund_payment(&paid.sale, &format!("truevault-refund-{}", paid.sale))
-                    .await?,
-            )
+    // again (every call is idempotent).
+    let mut refunds = Vec::with_capacity(refundable.len());
+    if paid.provider == "paypal" {
+        let provider = provider.ok_or(Error::Unavailable(
+            "payments are not configured on this server",
+        ))?;
+        if let Some(subscription) = &paid.subscription {
+            provider
+                .cancel_subscription(subscription, "the dedicated server could not be delivered")
+                .await?;
         }
+        for (_, sale, _) in &refundable {
+            let key = format!("truevault-refund-{sale}");
+            refunds.push(Some(provider.refund_payment(sale, &key).await?));
+        }
+    } else {
         // Paid outside PayPal (a bank transfer): the operator returns the money the same way.
-        _ => None,
-    };
-    let (refund_id, done) = match &refund {
-        Some(Refund::Refunded(id)) => (Some(id.as_str()), true),
-        Some(Refund::Pending(id)) => (Some(id.as_str()), false),
-        Some(Refund::AlreadyRefunded) | None => (None, true),
-    };
+        refunds.resize(refundable.len(), None);
+    }
+
     let mut tx = db.begin_write().await?;
     entitlement::lock_users(tx.conn(), &[paid.user_id]).await?;
-    if !release::request_order(tx.conn(), paid.user_id, id, now).await? {
-        // Given up by another operator meanwhile: they recorded it all.
+    let mut recorded = 0;
+    let mut refunded_cents = 0;
+    for ((payment_id, _, cents), refund) in refundable.iter().zip(&refunds) {
+        let (refund_id, done) = match refund {
+            Some(Refund::Refunded(id)) => (Some(id.as_str()), true),
+            Some(Refund::Pending(id)) => (Some(id.as_str()), false),
+            Some(Refund::AlreadyRefunded) | None => (None, true),
+        };
+        // Guarded: of two operators refunding at once, one records it.
+        recorded += sqlx::query(
+            "UPDATE payments SET updated_at = $1,
+                    status = CASE WHEN $2 = 1 THEN 'refunded' ELSE status END,
+                    provider_refund_id = COALESCE(provider_refund_id, $3)
+             WHERE id = $4 AND status = 'completed' AND provider_refund_id IS NULL",
+        )
+        .bind(now)
+        .bind(i64::from(done))
+        .bind(refund_id)
+        .bind(payment_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        if done {
+            sqlx::query("UPDATE invoices SET status = 'refunded' WHERE payment_id = $1")
+                .bind(payment_id)
+                .execute(tx.conn())
+                .await?;
+        }
+        refunded_cents += cents;
+    }
+    if recorded == 0 {
         tx.rollback().await?;
         let mut conn = db.pool().acquire().await?;
         return orders::get(&mut conn, id).await;
     }
-    sqlx::query(
-        "UPDATE payments SET updated_at = $1,
-                status = CASE WHEN $2 = 1 THEN 'refunded' ELSE status END,
-                provider_refund_id = COALESCE(provider_refund_id, $3)
-         WHERE id = $4",
-    )
-    .bind(now)
-    .bind(i64::from(done))
-    .bind(refund_id)
-    .bind(paid.payment_id)
-    .execute(tx.conn())
-    .await?;
-    if done {
-        sqlx::query("UPDATE invoices SET status = 'refunded' WHERE payment_id = $1")
-            .bind(paid.payment_id)
-            .execute(tx.conn())
-            .await?;
-    }
-    // Refunded, so it ends now rather than at the paid period's end; devices follow.
-    sqlx::query(
-        "UPDATE subscriptions SET status = 'cancelled', cancel_at_period_end = 0,
-                current_period_end = $1, updated_at = $1
-         WHERE user_id = $2 AND plan_type = 'dedicated'
-           AND status IN ('active', 'past_due', 'suspended')",
-    )
-    .bind(now)
-    .bind(paid.user_id)
-    .execute(tx.conn())
-    .await?;
+    end_subscription(tx.conn(), &paid, id, now).await?;
     entitlement::reconcile(tx.conn(), paid.user_id, "order_refunded", now).await?;
+    // Already released (its subscription ended meanwhile): nothing more to give back.
+    release::request_order(tx.conn(), paid.user_id, id, now).await?;
+    let currency: (String,) = sqlx::query_as("SELECT currency FROM payments WHERE id = $1")
+        .bind(paid.payment_id)
+        .fetch_one(tx.conn())
+        .await?;
     let amount = format!(
         "{}.{:02} {}",
-        paid.amount_cents / 100,
-        paid.amount_cents % 100,
-        paid.currency
+        refunded_cents / 100,
+        refunded_cents % 100,
+        currency.0
     );
+    let pending = refunds
+        .iter()
+        .any(|r| matches!(r, Some(Refund::Pending(_))));
     audit::record(
         tx.conn(),
         audit::Entry {
@@ -154,8 +159,8 @@ pub async fn refund(
             target_type: Some("order"),
             target_id: Some(id.to_string()),
             details: json!({
-                "reason": reason, "amount": amount, "refund": refund_id, "pending": !done,
-                "provider": paid.provider,
+                "reason": reason, "amount": amount, "payments": refundable.len(),
+                "pending": pending, "provider": paid.provider,
             }),
             ip,
         },
@@ -171,7 +176,7 @@ pub async fn refund(
             template: "order_refunded",
             context: json!({
                 "first_name": first_name,
-                "region": paid.region.unwrap_or_default(),
+                "region": paid.region.clone().unwrap_or_default(),
                 "amount": amount,
                 "reason": reason.clone().unwrap_or_default(),
                 "paypal": paid.provider == "paypal",
@@ -184,6 +189,53 @@ pub async fn refund(
     let order = orders::get(tx.conn(), id).await?;
     tx.commit().await?;
     Ok(order)
+}
+
+/// The subscription the order was paid by ends now (refunded, so not at its period's end).
+/// For PayPal it is that subscription alone: the customer's current row may carry a later one.
+/// A manual purchase's plan ends only when the customer has no other dedicated order left.
+async fn end_subscription(
+    conn: &mut AnyConnection,
+    paid: &Paid,
+    order: i64,
+    now: Millis,
+) -> Result<()> {
+    const END: &str = "UPDATE subscriptions SET status = 'cancelled', cancel_at_period_end = 0,
+                              current_period_end = $1, updated_at = $1
+                       WHERE user_id = $2 AND plan_type = 'dedicated'
+                         AND status IN ('active', 'past_due', 'suspended')";
+    match &paid.subscription {
+        Some(subscription) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{END} AND provider_subscription_id = $3"
+            )))
+            .bind(now)
+            .bind(paid.user_id)
+            .bind(subscription)
+            .execute(conn)
+            .await?;
+        }
+        None => {
+            let (others,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM server_provisioning_queue
+                 WHERE user_id = $1 AND id <> $2 AND release_requested_at IS NULL",
+            )
+            .bind(paid.user_id)
+            .bind(order)
+            .fetch_one(&mut *conn)
+            .await?;
+            if others == 0 {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{END} AND provider_subscription_id IS NULL"
+                )))
+                .bind(now)
+                .bind(paid.user_id)
+                .execute(conn)
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn reason_of(input: RefundInput) -> Result<Option<String>> {
@@ -209,40 +261,49 @@ fn reason_of(input: RefundInput) -> Result<Option<String>> {
 }
 
 async fn paid(db: &Db, id: i64) -> Result<Paid> {
-    type Row = (
-        i64,
-        String,
-        Option<i64>,
-        Option<String>,
-        i64,
-        String,
-        String,
-        Option<String>,
-        i64,
-        String,
-    );
+    type Row = (i64, String, Option<String>, i64, String, Option<String>);
     let row: Option<Row> = sqlx::query_as(
-        "SELECT q.user_id, q.status, q.release_requested_at, q.region_preference, p.id,
-                p.provider, p.provider_payment_id, p.provider_subscription_id, p.amount_cents,
-                p.currency
+        "SELECT q.user_id, q.status, q.region_preference, p.id, p.provider,
+                p.provider_subscription_id
          FROM server_provisioning_queue q JOIN payments p ON p.id = q.payment_id
          WHERE q.id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
     .await?;
-    let (user_id, status, released, region, payment_id, provider, sale, subscription, cents, cur) =
+    let (user_id, status, region, payment_id, provider, subscription) =
         row.ok_or(Error::NotFound("order"))?;
     Ok(Paid {
         user_id,
         status,
-        release_requested: released.is_some(),
         region,
         payment_id,
         provider,
-        sale,
         subscription,
-        amount_cents: cents,
-        currency: cur,
     })
+}
+
+/// What was paid for the order and not given back yet: for a PayPal subscription every
+/// payment on it (renewals collected while the order sat failed too), else the order's own.
+async fn refundable(db: &Db, paid: &Paid) -> Result<Vec<Refundable>> {
+    const OPEN: &str = "status = 'completed' AND provider_refund_id IS NULL";
+    let rows = match &paid.subscription {
+        Some(subscription) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, provider_payment_id, amount_cents FROM payments
+                 WHERE provider = 'paypal' AND provider_subscription_id = $1 AND {OPEN}
+                 ORDER BY id"
+            )))
+            .bind(subscription)
+            .fetch_all(db.pool())
+            .await?
+        }
+        None => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, provider_payment_id, amount_cents FROM payments WHERE id = $1 AND {OPEN}"
+        )))
+        .bind(paid.payment_id)
+        .fetch_all(db.pool())
+        .await?,
+    };
+    Ok(rows)
 }
