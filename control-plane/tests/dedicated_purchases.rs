@@ -17,6 +17,7 @@ use truevault_control_plane::dedicated::release;
 engine_tests!(
     a_buyer_follows_their_dedicated_server_from_payment_to_release,
     a_cancelled_buyer_moving_to_another_plan_gives_the_server_back,
+    a_cancelled_buyer_subscribing_again_keeps_their_server,
 );
 
 async fn purchases(app: &TestApp, token: &str) -> Vec<Value> {
@@ -208,4 +209,49 @@ async fn a_cancelled_buyer_moving_to_another_plan_gives_the_server_back(engine: 
     assert!(moved["server"].is_null());
     let (_, pool) = app.get_auth("/api/v1/admin/pool", &admin).await;
     assert_eq!(pool[0]["status"], "maintenance", "{pool}");
+}
+
+/// A dedicated buyer cancels, then subscribes to the dedicated plan again before the period
+/// ends: they keep the server they have (no second order, nothing released), and it no longer
+/// ends with the old period.
+async fn a_cancelled_buyer_subscribing_again_keeps_their_server(engine: Engine) {
+    let fake = FakePayPal::start().await;
+    let app = app_with_paypal(engine, &fake, |_| {}).await;
+    let admin = app.admin_token().await;
+    for (name, key) in [("pool-de-3", 97), ("pool-de-4", 98)] {
+        let server = app.add_server(name, "eu-de", key).await;
+        let (status, pooled) = app
+            .post_auth(
+                "/api/v1/admin/pool",
+                &admin,
+                Some(json!({ "server_id": server["id"] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{pooled}");
+    }
+    let (_, token) = app.customer("stayer@example.com").await;
+    let dedicated = json!({ "plan": "dedicated", "region": "eu-de" });
+    subscribe(&app, &fake, &token, dedicated.clone(), 1).await;
+    let first = purchases(&app, &token).await[0].clone();
+    assert_eq!(first["status"], "ready");
+    let (status, body) = app
+        .post_auth("/api/v1/billing/subscription/cancel", &token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    subscribe(&app, &fake, &token, dedicated, 2).await;
+    let mine = purchases(&app, &token).await;
+    assert_eq!(mine.len(), 1, "one server, not two: {mine:?}");
+    assert_eq!(mine[0]["order_id"], first["order_id"]);
+    assert_eq!(mine[0]["status"], "ready");
+    assert_eq!(mine[0]["server"]["id"], first["server"]["id"]);
+    assert!(mine[0]["ends_at"].is_null(), "it bills again: {}", mine[0]);
+    let (_, pool) = app.get_auth("/api/v1/admin/pool", &admin).await;
+    let available = pool
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"] == "available")
+        .count();
+    assert_eq!(available, 1, "{pool}");
 }

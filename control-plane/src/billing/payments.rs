@@ -550,7 +550,9 @@ async fn sale_completed(conn: &mut AnyConnection, resource: &Value, now: Millis)
     .bind(subscription)
     .fetch_one(&mut *conn)
     .await?;
-    if plan == DEDICATED_PLAN && payments_so_far == 1 {
+    // A buyer who cancelled and subscribes again before the period ends keeps the server they
+    // have (their subscription row goes on with the new subscription): no second order.
+    if plan == DEDICATED_PLAN && payments_so_far == 1 && !orders::holds_one(conn, user_id).await? {
         // The seed's `dedicated_server_purchase`, on the subscription's first payment (renewals
         // keep the server): the plan is set (activation), the order is placed (served from the
         // pool when it can), the buyer is told, and the invoice and reminders are above.

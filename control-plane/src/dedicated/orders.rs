@@ -213,6 +213,19 @@ pub async fn notify_placed(conn: &mut AnyConnection, order: &OrderView, now: Mil
     Ok(())
 }
 
+/// Whether the user has an order not given back (being set up, delivered, or failed and
+/// waiting for an operator).
+pub async fn holds_one(conn: &mut AnyConnection, user_id: i64) -> Result<bool> {
+    let (open,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM server_provisioning_queue
+         WHERE user_id = $1 AND release_requested_at IS NULL",
+    )
+    .bind(user_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(open > 0)
+}
+
 /// The "ready" mail: the server's address and location.
 pub async fn notify_ready(conn: &mut AnyConnection, order: &OrderView, now: Millis) -> Result<()> {
     let server = order
