@@ -82,9 +82,10 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
     /// A background step's input has not arrived yet (a PayPal event delivered ahead of the
-    /// one it depends on): its task waits, without counting that as a failed attempt.
-    #[error("not yet: {0}")]
-    NotYet(String),
+    /// one it depends on): its task waits until `automation::tasks::wake(awaits)`, without
+    /// counting that as a failed attempt.
+    #[error("waiting for {awaits}")]
+    NotYet { awaits: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -130,7 +131,7 @@ impl Error {
             Self::Unavailable(_) | Self::Database(sqlx::Error::PoolTimedOut) => "unavailable",
             Self::Config(_) => "config_error",
             Self::Upstream { .. } => "upstream_error",
-            Self::Database(_) | Self::Migration(_) | Self::Internal(_) | Self::NotYet(_) => {
+            Self::Database(_) | Self::Migration(_) | Self::Internal(_) | Self::NotYet { .. } => {
                 "internal_error"
             }
         }
@@ -144,7 +145,7 @@ impl Error {
                 | Self::Database(_)
                 | Self::Migration(_)
                 | Self::Internal(_)
-                | Self::NotYet(_)
+                | Self::NotYet { .. }
                 | Self::Upstream { .. }
         )
     }

@@ -71,18 +71,8 @@ async fn a_buyer_follows_their_dedicated_server_from_payment_to_release(engine: 
     assert!(purchases(&app, &other).await.is_empty());
 
     // A server joins the pool and is handed over: the buyer sees where to connect.
-    let server = app.add_server("pool-de-1", "eu-de", 81).await;
-    let (status, pooled) = app
-        .post_auth(
-            "/api/v1/admin/pool",
-            &admin,
-            Some(json!({ "server_id": server["id"] })),
-        )
-        .await;
-    assert_eq!(
-        (status, pooled["status"].as_str()),
-        (StatusCode::CREATED, Some("assigned"))
-    );
+    let (server, pooled) = app.pool_server("pool-de-1", "eu-de", 81).await;
+    assert_eq!(pooled["status"], "assigned");
     let (status, device) = app
         .post_auth(
             "/api/v1/devices",
@@ -173,15 +163,7 @@ async fn a_cancelled_buyer_moving_to_another_plan_gives_the_server_back(engine: 
     let fake = FakePayPal::start().await;
     let app = app_with_paypal(engine, &fake, |_| {}).await;
     let admin = app.admin_token().await;
-    let server = app.add_server("pool-de-2", "eu-de", 96).await;
-    let (status, pooled) = app
-        .post_auth(
-            "/api/v1/admin/pool",
-            &admin,
-            Some(json!({ "server_id": server["id"] })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{pooled}");
+    app.pool_server("pool-de-2", "eu-de", 96).await;
     let (_, token) = app.customer("mover@example.com").await;
     subscribe(
         &app,
@@ -219,15 +201,7 @@ async fn a_cancelled_buyer_subscribing_again_keeps_their_server(engine: Engine) 
     let app = app_with_paypal(engine, &fake, |_| {}).await;
     let admin = app.admin_token().await;
     for (name, key) in [("pool-de-3", 97), ("pool-de-4", 98)] {
-        let server = app.add_server(name, "eu-de", key).await;
-        let (status, pooled) = app
-            .post_auth(
-                "/api/v1/admin/pool",
-                &admin,
-                Some(json!({ "server_id": server["id"] })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{pooled}");
+        app.pool_server(name, "eu-de", key).await;
     }
     let (_, token) = app.customer("stayer@example.com").await;
     let dedicated = json!({ "plan": "dedicated", "region": "eu-de" });

@@ -34,17 +34,6 @@ async fn payment_of(app: &TestApp, user_id: i64) -> (String, Option<String>) {
     payments_of(app, user_id).await.remove(0)
 }
 
-async fn subscription_status(app: &TestApp, user_id: i64) -> String {
-    let (status,): (String,) = sqlx::query_as(
-        "SELECT status FROM subscriptions WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(user_id)
-    .fetch_one(app.db().pool())
-    .await
-    .unwrap();
-    status
-}
-
 async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine: Engine) {
     let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
     let app = app(engine, &paypal, &contabo).await;
@@ -104,7 +93,7 @@ async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine
         payment_of(&app, user_id).await,
         ("completed".to_owned(), None)
     );
-    assert_eq!(subscription_status(&app, user_id).await, "active");
+    assert_eq!(app.subscription_status(user_id).await, "active");
     assert!(order_of(&app, &admin, email).await["released_at"].is_null());
 
     // The order sits failed over a renewal: PayPal collects the next month too.
@@ -138,7 +127,7 @@ async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine
             .await,
         2
     );
-    assert_eq!(subscription_status(&app, user_id).await, "cancelled");
+    assert_eq!(app.subscription_status(user_id).await, "cancelled");
     let (device_status,): (String,) =
         sqlx::query_as("SELECT status FROM devices WHERE user_id = $1")
             .bind(user_id)
@@ -190,13 +179,7 @@ async fn a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back(engine
 async fn only_a_failed_order_is_refunded_and_a_manual_payment_needs_no_paypal(engine: Engine) {
     let app = TestApp::start(engine).await;
     let admin = app.admin_token().await;
-    let server = app.add_server("pool-sg-1", "asia-sg", 91).await;
-    app.post_auth(
-        "/api/v1/admin/pool",
-        &admin,
-        Some(json!({ "server_id": server["id"] })),
-    )
-    .await;
+    app.pool_server("pool-sg-1", "asia-sg", 91).await;
     let (served_id, _) = app.customer("served@example.com").await;
     let (_, served) = app
         .post_auth(
@@ -246,9 +229,9 @@ async fn only_a_failed_order_is_refunded_and_a_manual_payment_needs_no_paypal(en
         payment_of(&app, waiting_id).await,
         ("refunded".to_owned(), None)
     );
-    assert_eq!(subscription_status(&app, waiting_id).await, "cancelled");
+    assert_eq!(app.subscription_status(waiting_id).await, "cancelled");
     let told = app.last_mail("wire@example.com", "order_refunded").await;
     assert_eq!(told["paypal"], false);
     // The served buyer keeps everything.
-    assert_eq!(subscription_status(&app, served_id).await, "active");
+    assert_eq!(app.subscription_status(served_id).await, "active");
 }

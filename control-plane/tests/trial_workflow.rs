@@ -40,17 +40,6 @@ async fn registered(app: &TestApp, email: &str) -> (i64, i64) {
     (user_id, trial_ends)
 }
 
-async fn subscription_status(app: &TestApp, user_id: i64) -> String {
-    let (status,): (String,) = sqlx::query_as(
-        "SELECT status FROM subscriptions WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(user_id)
-    .fetch_one(app.db().pool())
-    .await
-    .unwrap();
-    status
-}
-
 async fn a_whole_trial_sends_each_mail_at_its_time_then_expires(engine: Engine) {
     let app = TestApp::start(engine).await;
     let email = "ada@example.com";
@@ -112,7 +101,7 @@ async fn a_whole_trial_sends_each_mail_at_its_time_then_expires(engine: Engine) 
     .await
     .unwrap();
     assert_eq!((d1, d5, d6, expired), (1, 1, 1, 1));
-    assert_eq!(subscription_status(&app, user_id).await, "expired");
+    assert_eq!(app.subscription_status(user_id).await, "expired");
 
     // Delivered (to .eml files by default): rendered with the name, date and links.
     assert_eq!(app.deliver_mail().await, 7);
@@ -183,7 +172,7 @@ async fn a_trial_converted_on_day_three_gets_no_later_mails(engine: Engine) {
         before,
         "no trial mail after conversion"
     );
-    assert_eq!(subscription_status(&app, user_id).await, "active");
+    assert_eq!(app.subscription_status(user_id).await, "active");
     let (converted, expired): (i64, i64) =
         sqlx::query_as("SELECT converted, expired FROM trial_tracking WHERE user_id = $1")
             .bind(user_id)
@@ -238,13 +227,13 @@ async fn an_extended_trial_moves_its_mails_and_its_end(engine: Engine) {
             .contains(&"trial_last_day".to_owned())
     );
     assert_eq!(
-        subscription_status(&app, user_id).await,
+        app.subscription_status(user_id).await,
         "trial",
         "not expired at the original end"
     );
     app.advance(days(1)); // day 10 = 7 + 3
     app.run_tasks().await;
-    assert_eq!(subscription_status(&app, user_id).await, "expired");
+    assert_eq!(app.subscription_status(user_id).await, "expired");
     assert_eq!(
         app.mail_templates(email)
             .await
@@ -409,7 +398,7 @@ async fn a_verified_vip_gets_the_vip_workflow_instead(engine: Engine) {
         app.mail_templates("star@example.com").await,
         ["verify_email", "welcome_trial", "welcome_vip"]
     );
-    assert_eq!(subscription_status(&app, user_id).await, "active");
+    assert_eq!(app.subscription_status(user_id).await, "active");
     let (_, login) = app.login("star@example.com", common::PASSWORD).await;
     let (status, list) = app
         .get_auth(
@@ -478,5 +467,5 @@ async fn a_shorter_trial_places_its_reminders_before_its_end(engine: Engine) {
     assert_eq!(run_at("check_trial_conversion").await, trial_ends);
     app.advance(days(3) + Duration::from_secs(1));
     app.run_tasks().await;
-    assert_eq!(subscription_status(&app, user_id).await, "expired");
+    assert_eq!(app.subscription_status(user_id).await, "expired");
 }

@@ -1,3 +1,6 @@
--- When a task started waiting for its input (a PayPal event ahead of the one it depends on):
--- it waits at most three days from then. An operator's retry starts the wait afresh.
+-- A task whose input has not arrived yet (a PayPal event ahead of the activation it depends
+-- on): what it waits for, so the arrival wakes it, and since when, so it waits at most three
+-- days. An operator's retry clears both.
+ALTER TABLE scheduled_tasks ADD COLUMN waiting_for TEXT;
 ALTER TABLE scheduled_tasks ADD COLUMN waiting_since INTEGER;
+CREATE INDEX scheduled_tasks_waiting_for ON scheduled_tasks (waiting_for) WHERE waiting_for IS NOT NULL;

@@ -56,7 +56,7 @@ fn status_of(err: &Error) -> StatusCode {
         | Error::Database(_)
         | Error::Migration(_)
         | Error::Internal(_)
-        | Error::NotYet(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | Error::NotYet { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

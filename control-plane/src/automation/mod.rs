@@ -156,7 +156,7 @@ impl Automation {
         };
         match run {
             Ok(outcome) => Ok(outcome),
-            Err(Error::NotYet(why)) => self.wait(task, &why).await,
+            Err(Error::NotYet { awaits }) => self.wait(task, &awaits).await,
             Err(error) => self.record_failure(task, &error.to_string()).await,
         }
     }
@@ -224,16 +224,16 @@ impl Automation {
         })
     }
 
-    async fn wait(&self, task: &ClaimedTask, why: &str) -> Result<Outcome> {
+    async fn wait(&self, task: &ClaimedTask, awaits: &str) -> Result<Outcome> {
         let operator = self.steps.operator_email.as_deref();
         let now = self.clock.now_ms();
-        match tasks::defer(&self.db, task, &self.worker_id, why, operator, now).await? {
+        match tasks::defer(&self.db, task, &self.worker_id, awaits, operator, now).await? {
             Some(status) if status == "dead" => {
-                tracing::error!(task = %task.key, %why, "a task waited too long for its input");
-                Ok(Outcome::Failed(why.to_owned()))
+                tracing::error!(task = %task.key, %awaits, "a task waited too long for its input");
+                Ok(Outcome::Failed(format!("waited too long for {awaits}")))
             }
             Some(_) => {
-                tracing::info!(task = %task.key, %why, "task waits for its input");
+                tracing::info!(task = %task.key, %awaits, "task waits for its input");
                 Ok(Outcome::Waiting)
             }
             None => Ok(Outcome::LeaseLost),

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use crate::clock::{HOUR, Millis, SECOND, rfc3339};
 use crate::error::{Error, Result};
-use crate::storage::{Db, Engine};
+use crate::storage::{Db, Engine, WriteTx};
 
 use super::dead;
 
@@ -181,11 +181,25 @@ pub async fn fail(
     .bind(owner)
     .fetch_optional(tx.conn())
     .await?;
+    commit_status(db, tx, row, task.id, operator, now).await
+}
+
+/// Commits a task's new status (`row`, from the `UPDATE`); one that went dead is reported to
+/// the operator.
+async fn commit_status(
+    db: &Db,
+    tx: WriteTx,
+    row: Option<(String,)>,
+    task_id: i64,
+    operator: Option<&str>,
+    now: Millis,
+) -> Result<Option<String>> {
     tx.commit().await?;
-    if row.as_ref().is_some_and(|(status,)| status == "dead") {
-        dead::report(db, operator, task.id, now).await;
+    let status = row.map(|(s,)| s);
+    if status.as_deref() == Some("dead") {
+        dead::report(db, operator, task_id, now).await;
     }
-    Ok(row.map(|(s,)| s))
+    Ok(status)
 }
 
 /// How long a task may wait for its input ([`Error::NotYet`]): PayPal redelivers a webhook
@@ -200,22 +214,22 @@ pub async fn defer(
     db: &Db,
     task: &ClaimedTask,
     owner: &str,
-    why: &str,
+    awaits: &str,
     operator: Option<&str>,
     now: Millis,
 ) -> Result<Option<String>> {
-    let why: String = why.chars().take(2000).collect();
     let mut tx = db.begin_write().await?;
     let row: Option<(String,)> = sqlx::query_as(
         "UPDATE scheduled_tasks
-         SET waiting_since = COALESCE(waiting_since, $2),
+         SET waiting_since = COALESCE(waiting_since, $2), waiting_for = $5,
              status = CASE WHEN COALESCE(waiting_since, $2) < $1 THEN 'dead' ELSE 'pending' END,
              attempts = CASE WHEN COALESCE(waiting_since, $2) < $1 THEN attempts
                              ELSE attempts - 1 END,
              run_at = $2 + CASE WHEN ($2 - COALESCE(waiting_since, $2)) / 2 < $3 THEN $3
                                 WHEN ($2 - COALESCE(waiting_since, $2)) / 2 > $4 THEN $4
                                 ELSE ($2 - COALESCE(waiting_since, $2)) / 2 END,
-             last_error = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
+             last_error = 'waiting for ' || $5, lease_owner = NULL, lease_expires_at = NULL,
+             updated_at = $2
          WHERE id = $6 AND status = 'running' AND lease_owner = $7
          RETURNING status",
     )
@@ -223,28 +237,24 @@ pub async fn defer(
     .bind(now)
     .bind(BACKOFF_BASE)
     .bind(BACKOFF_CAP)
-    .bind(&why)
+    .bind(awaits)
     .bind(task.id)
     .bind(owner)
     .fetch_optional(tx.conn())
     .await?;
-    tx.commit().await?;
-    if row.as_ref().is_some_and(|(status,)| status == "dead") {
-        dead::report(db, operator, task.id, now).await;
-    }
-    Ok(row.map(|(s,)| s))
+    commit_status(db, tx, row, task.id, operator, now).await
 }
 
-/// Tasks waiting for an input whose reason names `subject` (a PayPal subscription id) run now:
-/// it has arrived. They then run in the order they were scheduled (`run_at`, then id), so
-/// events that waited keep the order PayPal sent them in.
-pub async fn wake(conn: &mut AnyConnection, subject: &str, now: Millis) -> Result<u64> {
+/// Tasks waiting for `awaits` (as named by their step's `Error::NotYet`) run now: it has
+/// arrived. They then run in the order they were scheduled (`run_at`, then id), so events that
+/// waited keep the order PayPal sent them in.
+pub async fn wake(conn: &mut AnyConnection, awaits: &str, now: Millis) -> Result<u64> {
     let woken = sqlx::query(
         "UPDATE scheduled_tasks SET run_at = $1, updated_at = $1
-         WHERE status = 'pending' AND waiting_since IS NOT NULL AND last_error LIKE $2",
+         WHERE status = 'pending' AND waiting_for = $2",
     )
     .bind(now)
-    .bind(format!("%{subject}%"))
+    .bind(awaits)
     .execute(conn)
     .await?
     .rows_affected();
@@ -427,7 +437,7 @@ pub async fn act(
     let (sql, allowed, code) = match action {
         TaskAction::Retry => (
             "UPDATE scheduled_tasks SET status = 'pending', attempts = 0, waiting_since = NULL,
-                                        run_at = $1, updated_at = $1
+                                        waiting_for = NULL, run_at = $1, updated_at = $1
              WHERE id = $2 AND status IN ('dead', 'cancelled')",
             "dead or cancelled",
             "task_not_retryable",

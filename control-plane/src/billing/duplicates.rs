@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 
 use super::payments::PAYMENTS;
 use super::provider::{Cancellation, PaymentProvider, Refund};
+use super::{money, refunds};
 
 /// The task step that cancels a duplicate subscription at PayPal.
 pub const CANCEL: &str = "cancel_duplicate";
@@ -207,26 +208,16 @@ impl Settlement {
                 )
             }
             (Self::Refund { sale }, Settled::Refunded(how)) => {
-                // A pending refund keeps the payment as it is until PayPal's
-                // `PAYMENT.SALE.REFUNDED` says the money went back.
-                let (refund_id, done) = match how {
-                    Refund::Refunded(id) => (Some(id.as_str()), true),
-                    Refund::Pending(id) => (Some(id.as_str()), false),
-                    Refund::AlreadyRefunded => (None, true),
-                };
-                let (cents, currency): (i64, String) = sqlx::query_as(
-                    "UPDATE payments SET updated_at = $1,
-                            status = CASE WHEN $2 = 1 THEN 'refunded' ELSE status END,
-                            provider_refund_id = COALESCE(provider_refund_id, $3)
-                     WHERE provider = 'paypal' AND provider_payment_id = $4
-                     RETURNING amount_cents, currency",
+                let (payment_id, cents, currency): (i64, i64, String) = sqlx::query_as(
+                    "SELECT id, amount_cents, currency FROM payments
+                     WHERE provider = 'paypal' AND provider_payment_id = $1",
                 )
-                .bind(now)
-                .bind(i64::from(done))
-                .bind(refund_id)
                 .bind(sale)
                 .fetch_one(&mut *conn)
                 .await?;
+                // Recorded before by PayPal's own refund event: the customer is still told.
+                refunds::record(conn, payment_id, Some(how), now).await?;
+                let (refund_id, done) = refunds::outcome(Some(how));
                 (
                     "payment.refunded",
                     "duplicate_refunded",
@@ -335,8 +326,4 @@ async fn plan_name(conn: &mut AnyConnection, subscription: &str) -> Result<Strin
     .fetch_one(conn)
     .await?;
     Ok(name)
-}
-
-fn money(cents: i64, currency: &str) -> String {
-    format!("{}.{:02} {currency}", cents / 100, cents % 100)
 }

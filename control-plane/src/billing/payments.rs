@@ -319,7 +319,7 @@ async fn subscription_activated(
     entitlement::lock_users(&mut *conn, &[user_id]).await?;
     // Events about this subscription that came first and wait for it run right after this,
     // in the order PayPal sent them.
-    tasks::wake(&mut *conn, reference, now).await?;
+    tasks::wake(&mut *conn, &activation_of(reference), now).await?;
     if let Some(current) = duplicates::live_other(&mut *conn, user_id, reference).await? {
         return duplicates::mark(conn, checkout_id, user_id, reference, &current, now).await;
     }
@@ -364,6 +364,11 @@ async fn subscription_activated(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// What events ahead of a subscription's activation wait for (`Error::NotYet`).
+fn activation_of(subscription: &str) -> String {
+    format!("the activation of PayPal subscription {subscription}")
 }
 
 /// The plan of the user's live subscription ("" without one).
@@ -422,9 +427,9 @@ async fn checkout_for(
         )));
     };
     if status != "completed" {
-        return Err(Error::NotYet(format!(
-            "PayPal subscription {subscription} is not activated here yet; waiting for its activation event"
-        )));
+        return Err(Error::NotYet {
+            awaits: activation_of(subscription),
+        });
     }
     Ok((user, plan, region, duplicate_of))
 }

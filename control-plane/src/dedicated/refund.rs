@@ -20,6 +20,7 @@ use crate::accounts;
 use crate::audit::{self, Actor};
 use crate::automation::outbox::{self, OutgoingMail};
 use crate::billing::provider::{PaymentProvider, Refund};
+use crate::billing::{money, refunds};
 use crate::clock::Millis;
 use crate::devices::entitlement;
 use crate::error::{Error, FieldError, Result};
@@ -46,6 +47,7 @@ struct Paid {
     payment_id: i64,
     provider: String,
     subscription: Option<String>,
+    currency: String,
 }
 
 /// A payment to give back: its row, the provider's id for it, its amount in cents.
@@ -102,32 +104,11 @@ pub async fn refund(
     let mut recorded = 0;
     let mut refunded_cents = 0;
     for ((payment_id, _, cents), refund) in refundable.iter().zip(&refunds) {
-        let (refund_id, done) = match refund {
-            Some(Refund::Refunded(id)) => (Some(id.as_str()), true),
-            Some(Refund::Pending(id)) => (Some(id.as_str()), false),
-            Some(Refund::AlreadyRefunded) | None => (None, true),
-        };
         // Guarded: of two operators refunding at once, one records it.
-        recorded += sqlx::query(
-            "UPDATE payments SET updated_at = $1,
-                    status = CASE WHEN $2 = 1 THEN 'refunded' ELSE status END,
-                    provider_refund_id = COALESCE(provider_refund_id, $3)
-             WHERE id = $4 AND status = 'completed' AND provider_refund_id IS NULL",
-        )
-        .bind(now)
-        .bind(i64::from(done))
-        .bind(refund_id)
-        .bind(payment_id)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        if done {
-            sqlx::query("UPDATE invoices SET status = 'refunded' WHERE payment_id = $1")
-                .bind(payment_id)
-                .execute(tx.conn())
-                .await?;
+        if refunds::record(tx.conn(), *payment_id, refund.as_ref(), now).await? {
+            recorded += 1;
+            refunded_cents += cents;
         }
-        refunded_cents += cents;
     }
     if recorded == 0 {
         tx.rollback().await?;
@@ -138,16 +119,7 @@ pub async fn refund(
     entitlement::reconcile(tx.conn(), paid.user_id, "order_refunded", now).await?;
     // Already released (its subscription ended meanwhile): nothing more to give back.
     release::request_order(tx.conn(), paid.user_id, id, now).await?;
-    let currency: (String,) = sqlx::query_as("SELECT currency FROM payments WHERE id = $1")
-        .bind(paid.payment_id)
-        .fetch_one(tx.conn())
-        .await?;
-    let amount = format!(
-        "{}.{:02} {}",
-        refunded_cents / 100,
-        refunded_cents % 100,
-        currency.0
-    );
+    let amount = money(refunded_cents, &paid.currency);
     let pending = refunds
         .iter()
         .any(|r| matches!(r, Some(Refund::Pending(_))));
@@ -261,17 +233,25 @@ fn reason_of(input: RefundInput) -> Result<Option<String>> {
 }
 
 async fn paid(db: &Db, id: i64) -> Result<Paid> {
-    type Row = (i64, String, Option<String>, i64, String, Option<String>);
+    type Row = (
+        i64,
+        String,
+        Option<String>,
+        i64,
+        String,
+        Option<String>,
+        String,
+    );
     let row: Option<Row> = sqlx::query_as(
         "SELECT q.user_id, q.status, q.region_preference, p.id, p.provider,
-                p.provider_subscription_id
+                p.provider_subscription_id, p.currency
          FROM server_provisioning_queue q JOIN payments p ON p.id = q.payment_id
          WHERE q.id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
     .await?;
-    let (user_id, status, region, payment_id, provider, subscription) =
+    let (user_id, status, region, payment_id, provider, subscription, currency) =
         row.ok_or(Error::NotFound("order"))?;
     Ok(Paid {
         user_id,
@@ -280,6 +260,7 @@ async fn paid(db: &Db, id: i64) -> Result<Paid> {
         payment_id,
         provider,
         subscription,
+        currency,
     })
 }
 

@@ -27,7 +27,7 @@ impl From<Error> for Status {
             | Error::Database(_)
             | Error::Migration(_)
             | Error::Internal(_)
-            | Error::NotYet(_) => Code::Internal,
+            | Error::NotYet { .. } => Code::Internal,
         };
         if err.is_internal() {
             tracing::error!(error = %err, "gRPC call failed");

@@ -360,6 +360,34 @@ impl TestApp {
         link.split_once("token=").unwrap().1.to_owned()
     }
 
+    /// The plan status of the user's latest subscription.
+    pub async fn subscription_status(&self, user_id: i64) -> String {
+        let (status,): (String,) = sqlx::query_as(
+            "SELECT status FROM subscriptions WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .fetch_one(self.db().pool())
+        .await
+        .unwrap();
+        status
+    }
+
+    /// Adds a server (as [`Self::add_server`]) and puts it into the dedicated pool; returns the
+    /// server and its pool row (`assigned` at once when an order waits in its region).
+    pub async fn pool_server(&self, name: &str, region: &str, key_byte: u8) -> (Value, Value) {
+        let server = self.add_server(name, region, key_byte).await;
+        let admin = self.admin_token().await;
+        let (status, pooled) = self
+            .post_auth(
+                "/api/v1/admin/pool",
+                &admin,
+                Some(json!({ "server_id": server["id"] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{pooled}");
+        (server, pooled)
+    }
+
     pub async fn count(&self, sql: &'static str) -> i64 {
         let (n,): (i64,) = sqlx::query_as(sql)
             .fetch_one(self.db().pool())
