@@ -20,6 +20,7 @@ use truevault_control_plane::billing::fake_paypal::FakePayPal;
 engine_tests!(
     a_failed_order_is_refunded_and_what_was_set_up_for_it_given_back,
     only_a_failed_order_is_refunded_and_a_manual_payment_needs_no_paypal,
+    two_operators_refunding_at_once_refund_once,
 );
 
 async fn payments_of(app: &TestApp, user_id: i64) -> Vec<(String, Option<String>)> {
@@ -234,4 +235,47 @@ async fn only_a_failed_order_is_refunded_and_a_manual_payment_needs_no_paypal(en
     assert_eq!(told["paypal"], false);
     // The served buyer keeps everything.
     assert_eq!(app.subscription_status(served_id).await, "active");
+}
+
+/// Two operators give the same failed order up at the same moment: PayPal refunds once (the
+/// same idempotency key), the refund is recorded once, and the buyer is told once.
+async fn two_operators_refunding_at_once_refund_once(engine: Engine) {
+    let (paypal, contabo) = (FakePayPal::start().await, contabo().await);
+    let app = app(engine, &paypal, &contabo).await;
+    let email = "twice.refunded@example.com";
+    subscribe(&app, &paypal, email, "eu-de").await;
+    app.run_tasks().await;
+    app.state.orders().run_due().await.unwrap();
+    app.advance(Duration::from_secs(31 * 60));
+    app.state.orders().run_due().await.unwrap();
+    let admin = app.admin_token().await;
+    let order = order_of(&app, &admin, email).await;
+    assert_eq!(order["status"], "failed", "{order}");
+    let refund = format!("/api/v1/admin/orders/{}/refund", order["id"]);
+
+    let ((a, body_a), (b, body_b)) = tokio::join!(
+        app.post_auth(&refund, &admin, None),
+        app.post_auth(&refund, &admin, None)
+    );
+    for (status, body) in [(a, &body_a), (b, &body_b)] {
+        assert!(
+            status == StatusCode::OK
+                || (status == StatusCode::CONFLICT && error_code(body) == "order_refunded"),
+            "{status}: {body}"
+        );
+    }
+    assert!(a == StatusCode::OK || b == StatusCode::OK);
+    assert_eq!(paypal.refunds().len(), 1, "{:?}", paypal.refunds());
+    let user_id = order["user_id"].as_i64().unwrap();
+    assert_eq!(payment_of(&app, user_id).await.0, "refunded");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM audit_log WHERE action = 'order.refunded'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM mail_outbox WHERE template = 'order_refunded'")
+            .await,
+        1
+    );
 }
