@@ -37,14 +37,14 @@ pub async fn request(conn: &mut AnyConnection, user_id: i64, now: Millis) -> Res
     release(conn, user_id, &orders, now).await
 }
 
-/// Marks one order of `user_id` for release (the buyer keeps any other). False if it is not
+/// Marks one order of `user_id` for release (the buyer keeps any other); nothing if it is not
 /// theirs or its release was requested before.
 pub async fn request_order(
     conn: &mut AnyConnection,
     user_id: i64,
     order_id: i64,
     now: Millis,
-) -> Result<bool> {
+) -> Result<()> {
     let orders: Vec<OrderServers> = sqlx::query_as(
         "SELECT id, server_pool_id, vpn_server_id FROM server_provisioning_queue
          WHERE user_id = $1 AND id = $2 AND release_requested_at IS NULL",
@@ -53,7 +53,8 @@ pub async fn request_order(
     .bind(order_id)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(release(conn, user_id, &orders, now).await? == 1)
+    release(conn, user_id, &orders, now).await?;
+    Ok(())
 }
 
 /// An order and the pool server and server it holds.
